@@ -1,0 +1,3 @@
+"""cellseg: Attention UNet++ cell instance segmentation for the Sartorius competition format."""
+
+__version__ = "0.1.0"
