@@ -1,0 +1,145 @@
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellseg import rle
+from cellseg.constants import TRAIN_COLUMNS
+from cellseg.data import DataError, TrainData, decode_instances, read_image, read_train_csv
+
+
+def write_root(tmp_path, masks_by_id, cell_type="cort", shape=(20, 30)):
+    """A tiny data root in the competition layout."""
+    (tmp_path / "train").mkdir()
+    rows = []
+    h, w = shape
+    for k, (image_id, masks) in enumerate(masks_by_id.items()):
+        cv2.imwrite(str(tmp_path / "train" / f"{image_id}.png"),
+                    np.full(shape, 120 + k, np.uint8))
+        for m in masks:
+            rows.append({"id": image_id, "annotation": rle.encode(m), "width": w, "height": h,
+                         "cell_type": cell_type, "plate_time": "11h30m00s",
+                         "sample_date": "2020-09-14", "sample_id": f"{cell_type}[x]_A{k}-1",
+                         "elapsed_timedelta": "0 days 11:30:00"})
+    pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(tmp_path / "train.csv", index=False)
+    return tmp_path
+
+
+def box(shape, y0, y1, x0, x1):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_loads_instances_and_images(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5), box(s, 10, 15, 10, 20)],
+                                 "bbb": [box(s, 2, 4, 2, 4)]})
+    data = TrainData(root)
+    assert data.ids == ["aaa", "bbb"]
+    assert data.cell_type("aaa") == "cort" and data.shape("aaa") == (20, 30)
+    inst = data.load_instances("aaa")
+    assert inst.n_cells == 2 and inst.labels.max() == 2 and not inst.overlap.any()
+    assert (inst.labels == 2).sum() == 50
+    img = data.load_image("bbb")
+    assert img.dtype == np.uint8 and img.shape == s and img[0, 0] == 121
+    assert data.images.set_index("id").loc["aaa", "n_cells"] == 2
+    data.check_images()
+
+
+def test_overlap_goes_to_smallest_cell():
+    s = (10, 10)
+    big = box(s, 0, 6, 0, 6)  # 36 px
+    small = box(s, 4, 8, 4, 8)  # 16 px, overlaps big on 2x2
+    inst = decode_instances([rle.encode(big), rle.encode(small)], s)
+    assert inst.overlap.sum() == 4
+    assert (inst.labels[4:6, 4:6] == 2).all()  # contested pixels belong to the small cell
+    assert (inst.labels == 1).sum() == 32 and (inst.labels == 2).sum() == 16
+    assert [p.size for p in inst.pixels] == [36, 16]  # full masks kept for the metric
+
+
+def test_real_sample_loads(real_sample):
+    data = TrainData(real_sample)
+    assert data.ids == ["0030fd0e6378"]
+    inst = data.load_instances("0030fd0e6378")
+    assert inst.n_cells == 395
+    assert inst.overlap.sum() == 3354  # the real sample's README figure
+    sizes = np.array([p.size for p in inst.pixels])
+    assert sizes.min() == 46 and np.median(sizes) == 268 and sizes.max() == 757
+    img = data.load_image("0030fd0e6378")
+    assert img.shape == (520, 704) and img.dtype == np.uint8
+    assert 100 < img.mean() < 160
+
+
+@pytest.mark.parametrize("column, value, message", [
+    ("width", "abc", "width must be a positive integer"),
+    ("height", "0", "height must be a positive integer"),
+    ("cell_type", "neuron", "cell_type must be one of"),
+    ("id", "", "empty id"),
+    ("annotation", "", "empty annotation"),
+])
+def test_bad_csv_values_name_the_row(tmp_path, column, value, message):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5), box(s, 6, 9, 6, 9)]})
+    df = pd.read_csv(root / "train.csv", dtype=str, keep_default_na=False)
+    df.loc[1, column] = value
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match=f"row 3.*{message}"):
+        read_train_csv(root / "train.csv")
+
+
+def test_missing_column(tmp_path):
+    (tmp_path / "train.csv").write_text("id,annotation,width\nx,1 2,3\n")
+    with pytest.raises(DataError, match=r"missing column\(s\) \['height', 'cell_type'\]"):
+        read_train_csv(tmp_path / "train.csv")
+
+
+def test_inconsistent_size_per_image(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5), box(s, 6, 9, 6, 9)]})
+    df = pd.read_csv(root / "train.csv")
+    df.loc[1, "width"] = 31
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match="image 'aaa' has 2 different width"):
+        read_train_csv(root / "train.csv")
+
+
+def test_bad_rle_names_image_and_cell(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5)]})
+    df = pd.read_csv(root / "train.csv")
+    df.loc[0, "annotation"] = "1 5 3 2"
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(ValueError, match="id aaa, cell 0.*overlaps"):
+        TrainData(root).load_instances("aaa")
+
+
+def test_image_size_mismatch_and_missing(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5)]})
+    cv2.imwrite(str(root / "train" / "aaa.png"), np.zeros((21, 30), np.uint8))
+    with pytest.raises(DataError, match="aaa.png: image is 30x21.*says 30x20"):
+        TrainData(root).load_image("aaa")
+    (root / "train" / "aaa.png").unlink()
+    with pytest.raises(DataError, match="aaa.png: image file not found"):
+        TrainData(root).check_images()
+
+
+def test_corrupt_and_color_images(tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    with pytest.raises(DataError, match="bad.png: not a readable image"):
+        read_image(bad)
+    color = tmp_path / "color.png"
+    img = np.zeros((4, 4, 3), np.uint8)
+    img[..., 2] = 255
+    cv2.imwrite(str(color), img)
+    with pytest.raises(DataError, match="grayscale"):
+        read_image(color)
+    gray3 = tmp_path / "gray3.png"
+    cv2.imwrite(str(gray3), np.full((4, 4, 3), 7, np.uint8))
+    assert read_image(gray3).shape == (4, 4)
+    deep = tmp_path / "deep.png"
+    cv2.imwrite(str(deep), np.zeros((4, 4), np.uint16))
+    with pytest.raises(DataError, match="8-bit"):
+        read_image(deep)

@@ -1,0 +1,61 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cellseg.data import DataError
+from cellseg.folds import check_no_leakage, load_folds, make_folds
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def images_table(n_samples=24, per_sample=4):
+    rows = []
+    types = ["shsy5y", "astro", "cort"]
+    for s in range(n_samples):
+        for k in range(per_sample):
+            rows.append({"id": f"{s:03d}{k}", "cell_type": types[s % 3], "sample_id": f"s{s}"})
+    return pd.DataFrame(rows)
+
+
+def test_grouped_stratified_and_deterministic():
+    imgs = images_table()
+    folds = make_folds(imgs, n_folds=4, seed=1)
+    assert len(folds) == len(imgs) and set(folds.fold) == {0, 1, 2, 3}
+    assert (folds.groupby("sample_id").fold.nunique() == 1).all()
+    # Each fold gets every cell type.
+    assert (folds.groupby("fold").cell_type.nunique() == 3).all()
+    pd.testing.assert_frame_equal(folds, make_folds(imgs, n_folds=4, seed=1))
+    assert not folds.fold.equals(make_folds(imgs, n_folds=4, seed=2).fold)
+
+
+def test_leakage_detected():
+    folds = make_folds(images_table(), n_folds=3, seed=0)
+    folds.loc[0, "fold"] = (folds.loc[0, "fold"] + 1) % 3
+    with pytest.raises(DataError, match="appears in 2 folds"):
+        check_no_leakage(folds)
+
+
+def test_too_few_groups():
+    with pytest.raises(DataError, match="cannot fill 5 folds"):
+        make_folds(images_table(n_samples=3), n_folds=5)
+
+
+def test_load_folds_missing_ids(tmp_path):
+    folds = make_folds(images_table(), n_folds=3)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    with pytest.raises(DataError, match="have no fold"):
+        load_folds(tmp_path / "folds.csv", ids=list(folds.id) + ["zzz"])
+    with pytest.raises(DataError, match="make_folds.py"):
+        load_folds(tmp_path / "nope.csv")
+
+
+def test_cli_on_real_sample_layout_errors_cleanly(real_sample, tmp_path):
+    # One image = one sample: cannot make 5 folds; the CLI says why, no traceback.
+    proc = subprocess.run([sys.executable, str(REPO / "src" / "make_folds.py"), "--data-dir",
+                           str(real_sample), "--out", str(tmp_path / "f.csv")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "cannot fill 5 folds" in proc.stderr and "Traceback" not in proc.stderr

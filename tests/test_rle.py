@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cellseg import rle
+
+
+def test_canonical_kaggle_convention_row_major_one_indexed():
+    # "1 3 10 2" on a 3x4 image: pixels 1..3 and 10..11 (1-indexed, row-major).
+    expected = np.zeros((3, 4), bool)
+    expected[0, 0:3] = True  # pixels 1, 2, 3
+    expected[2, 1:3] = True  # pixels 10, 11 -> flat 9, 10 -> row 2, cols 1, 2
+    mask = rle.decode("1 3 10 2", (3, 4))
+    np.testing.assert_array_equal(mask, expected)
+    assert rle.encode(expected) == "1 3 10 2"
+
+
+def test_runs_wrap_across_rows_in_row_major_order():
+    mask = np.zeros((2, 3), bool)
+    mask[0, 2] = mask[1, 0] = True  # consecutive in row-major order -> one run
+    assert rle.encode(mask) == "3 2"
+    assert rle.encode(mask.T) != "3 2"  # a transposing encoder would differ
+
+
+def test_empty_mask_and_empty_string():
+    assert rle.encode(np.zeros((4, 5), bool)) == ""
+    assert not rle.decode("", (4, 5)).any()
+    assert not rle.decode("   ", (4, 5)).any()
+
+
+def test_full_mask():
+    assert rle.encode(np.ones((3, 3), bool)) == "1 9"
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(bool, st.tuples(st.integers(1, 20), st.integers(1, 20))))
+def test_roundtrip_property(mask):
+    text = rle.encode(mask)
+    np.testing.assert_array_equal(rle.decode(text, mask.shape), mask)
+    idx = rle.decode_indices(text, mask.shape)
+    np.testing.assert_array_equal(idx, np.flatnonzero(mask))
+
+
+@settings(max_examples=100, deadline=None)
+@given(arrays(np.int32, st.tuples(st.integers(1, 12), st.integers(1, 12)),
+              elements=st.integers(0, 4)))
+def test_encode_labels_matches_per_label_encode(labels):
+    expected = [rle.encode(labels == k) for k in np.unique(labels) if k != 0]
+    assert rle.encode_labels(labels) == expected
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1 2 3", "odd number of tokens"),
+    ("1 x", "not an integer"),
+    ("1.5 2", "not an integer"),
+    ("0 2", "start 0 < 1"),
+    ("-1 2", "start -1 < 1"),
+    ("1 0", "length 0 < 1"),
+    ("5 2 1 2", "not sorted"),
+    ("1 5 3 2", "overlaps"),
+    ("11 3", "past the image end"),
+])
+def test_malformed_rle_raises_clear_error(text, message):
+    with pytest.raises(rle.RLEError, match=message) as info:
+        rle.decode(text, (3, 4), where="train.csv row 7 (id abc)")
+    assert "train.csv row 7 (id abc)" in str(info.value)
+
+
+def test_non_string_rejected():
+    with pytest.raises(rle.RLEError, match="must be a string"):
+        rle.decode(float("nan"), (3, 4))
+
+
+def test_real_rows_roundtrip(real_sample):
+    df = pd.read_csv(real_sample / "train.csv")
+    assert len(df) == 395
+    for text, h, w in zip(df.annotation, df.height, df.width):
+        assert rle.encode(rle.decode(text, (h, w))) == text
