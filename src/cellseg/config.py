@@ -82,6 +82,8 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     workers: int = 2
+    distribute: str = "auto"  # auto | none | mirrored | multiworker (TF_CONFIG)
+    cpu_replicas: int = 0  # >1: mirror over this many logical CPU devices (testing)
     time_budget_min: float = 0.0  # stop training after this many minutes (0 = no limit)
 
 
@@ -304,6 +306,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"infer.heads: {heads!r}: L must be an integer") from None
         if not 1 <= level <= depth:
             raise ConfigError(f"infer.heads: {heads!r}: L must be in 1..{depth}")
+    if cfg.train.distribute not in ("auto", "none", "mirrored", "multiworker"):
+        raise ConfigError(f"train.distribute: expected auto/none/mirrored/multiworker, "
+                          f"got {cfg.train.distribute!r}")
     valid_tta = {"identity", "hflip", "vflip", "hvflip"}
     bad = [t for t in cfg.infer.tta if t not in valid_tta]
     if bad or not cfg.infer.tta:

@@ -1,0 +1,118 @@
+"""Input pipeline: images + cached targets -> augmented, normalised training batches.
+
+``keras.utils.PyDataset`` with worker threads (OpenCV and albumentations release the GIL)
+feeds ``model.fit``; Keras turns it into a ``tf.data`` pipeline, so the same object works under
+``tf.distribute`` strategies. Each batch is seeded from (seed, epoch, batch index), so a run is
+reproducible whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import augment
+from .config import Config
+from .constants import CELL_TYPE_INDEX
+from .data import Instances, TrainData
+from .predict import normalize_image
+from .targets import TargetCache, make_targets
+
+
+@dataclass
+class Sample:
+    """One training/validation image in memory."""
+
+    image_id: str
+    cell_type: str
+    image: np.ndarray  # uint8 H x W
+    targets: np.ndarray  # uint8 H x W x C
+    instances: Instances | None = None  # kept for validation scoring only
+
+
+def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None = None,
+                 keep_instances: bool = False, desc: str = "loading") -> list[Sample]:
+    """Load images and (cached) targets of ``ids``, with a progress bar."""
+    cache = TargetCache(cache_dir) if cache_dir else None
+    annotations = data.table["annotation"].to_numpy()
+    samples = []
+    for image_id in tqdm(ids, desc=desc, unit="img", leave=False):
+        image = data.load_image(image_id)
+        inst = data.load_instances(image_id) if (keep_instances or cache is None) else None
+        if cache is not None:
+            rows = data._check_id(image_id)
+            targets = cache.get(image_id, annotations[rows],
+                                lambda i=image_id, inst=inst: inst or data.load_instances(i))
+        else:
+            targets = make_targets(inst)
+        samples.append(Sample(image_id, data.cell_type(image_id), image, targets,
+                              inst if keep_instances else None))
+    return samples
+
+
+def make_batch_targets(targets: np.ndarray, cell_types: np.ndarray,
+                       output_names: list[str]) -> dict[str, np.ndarray]:
+    """The Keras ``y`` dict: every seg head gets the same maps; ``cell_type`` an index."""
+    y: dict[str, np.ndarray] = {}
+    for name in output_names:
+        if name == "cell_type":
+            y[name] = cell_types.astype(np.int32)
+        else:
+            y[name] = targets
+    return y
+
+
+class TrainBatches(keras.utils.PyDataset):
+    """Random augmented crops, ``steps`` batches per epoch."""
+
+    def __init__(self, samples: list[Sample], cfg: Config, output_names: list[str],
+                 batch_size: int | None = None, steps: int | None = None,
+                 workers: int | None = None, seed: int | None = None) -> None:
+        workers = cfg.train.workers if workers is None else workers
+        super().__init__(workers=max(1, workers), use_multiprocessing=False,
+                         max_queue_size=max(4, 2 * max(1, workers)))
+        if not samples:
+            raise ValueError("TrainBatches: no training images")
+        self.samples = samples
+        self.cfg = cfg
+        self.output_names = list(output_names)
+        self.batch_size = batch_size or cfg.train.batch_size
+        self.steps = steps or cfg.train.steps_per_epoch
+        self.seed = cfg.seed if seed is None else seed
+        self.epoch = 0
+        self._local = threading.local()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+
+    def _augmenter(self):
+        aug = getattr(self._local, "aug", None)
+        if aug is None:
+            aug = augment.build_augment(self.cfg.augment, seed=0)
+            self._local.aug = aug
+        return aug
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        aug = self._augmenter()
+        size = self.cfg.augment.crop_size
+        x = np.empty((self.batch_size, size, size, 1), np.float32)
+        n_targets = self.samples[0].targets.shape[-1]
+        t = np.empty((self.batch_size, size, size, n_targets), np.float32)
+        types = np.empty(self.batch_size, np.int64)
+        for b in range(self.batch_size):
+            s = self.samples[int(rng.integers(len(self.samples)))]
+            aug.set_random_seed(int(rng.integers(2**31 - 1)))
+            image, targets = augment.apply(aug, s.image, s.targets)
+            x[b, ..., 0] = normalize_image(image)
+            t[b] = targets
+            types[b] = CELL_TYPE_INDEX[s.cell_type]
+        return x, make_batch_targets(t, types, self.output_names)

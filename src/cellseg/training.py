@@ -1,0 +1,415 @@
+"""Training one fold: Attention UNet++ on all folds but K, validated on fold K.
+
+What a run leaves in ``output/<exp>/fold<K>/`` (every file written atomically):
+
+- ``config.yaml``   resolved config, written before training starts
+- ``best.keras``    model with the best validation competition score (inference uses it)
+- ``last.keras`` + ``state.json``   last full checkpoint (weights + optimizer), for ``--resume``
+- ``history.csv``, ``curves.png``   per-epoch metrics and their plot (paper's figure 10)
+- ``oof/<id>.npz``  out-of-fold probability maps + cell-type probabilities (for tuning)
+- ``oof_scores.csv``, ``result.json``   per-image validation scores and the run summary
+
+Validation runs in a callback on full-resolution images, once per ``score_every`` epochs: one
+forward pass per image gives the validation loss, pixel accuracy, body IoU, cell-type accuracy
+and the competition score with default post-processing (the number users care about). Its
+values enter Keras' logs as ``val_*`` so the progress bar, history and early stopping see them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pandas as pd
+
+from . import fileio, oof
+from .config import Config, save_config
+from .constants import CELL_TYPE_INDEX, CELL_TYPES
+from .data import DataError, TrainData
+from .folds import FOLDS_FILENAME, load_folds
+from .losses import compile_kwargs
+from .metric import match
+from .model import build_model, output_names
+from .pipeline import Sample, TrainBatches, load_samples
+from .postprocess import decode_instances
+from .predict import normalize_image, predict_images
+from .viz import plot_curves
+
+BEST_MODEL = "best.keras"
+LAST_MODEL = "last.keras"
+STATE_FILE = "state.json"
+RESULT_FILE = "result.json"
+
+
+class TrainingError(RuntimeError):
+    """A fold cannot be trained as asked (existing run, missing folds, ...)."""
+
+
+@keras.saving.register_keras_serializable(package="cellseg")
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``peak * floor``.
+
+    A schedule of the optimizer step, so it continues exactly after ``--resume``.
+    """
+
+    def __init__(self, peak: float, warmup_steps: int, total_steps: int, floor: float = 0.01):
+        self.peak = float(peak)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = int(max(total_steps, warmup_steps + 1))
+        self.floor = float(floor)
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        warm = self.peak * (step + 1.0) / float(max(self.warmup_steps, 1))
+        progress = (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps)
+        progress = keras.ops.clip(progress, 0.0, 1.0)
+        cosine = self.peak * (self.floor + (1 - self.floor) * 0.5
+                              * (1.0 + keras.ops.cos(math.pi * progress)))
+        return keras.ops.where(step < self.warmup_steps, warm, cosine)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "floor": self.floor}
+
+
+# --------------------------------------------------------------------------- distribution
+def make_strategy(cfg: Config):
+    """``tf.distribute`` strategy from the config and the environment.
+
+    ``train.distribute``: ``auto`` = MultiWorkerMirrored when ``TF_CONFIG`` is set, Mirrored on
+    several GPUs, otherwise the default strategy; or force ``none``/``mirrored``/``multiworker``.
+    ``train.cpu_replicas`` > 1 splits the CPU into that many logical devices and mirrors over
+    them (how tests exercise the multi-device path without a GPU).
+    """
+    import tensorflow as tf
+
+    mode = cfg.train.distribute
+    if cfg.train.cpu_replicas > 1:
+        cpus = tf.config.list_physical_devices("CPU")
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration()] * cfg.train.cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        if mode in ("auto", "mirrored"):
+            return tf.distribute.MirroredStrategy(devices)
+    for gpu in tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.set_memory_growth(gpu, True)
+    if mode == "multiworker" or (mode == "auto" and os.environ.get("TF_CONFIG")):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if mode == "mirrored" or (mode == "auto" and len(tf.config.list_physical_devices("GPU")) > 1):
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief() -> bool:
+    """True unless ``TF_CONFIG`` names this process a non-chief worker."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return True
+    task = json.loads(raw).get("task", {})
+    kind, index = task.get("type", "worker"), int(task.get("index", 0))
+    cluster = json.loads(raw).get("cluster", {})
+    if "chief" in cluster:
+        return kind == "chief"
+    return kind == "worker" and index == 0
+
+
+# --------------------------------------------------------------------------- validation
+def _bce(p: np.ndarray, t: np.ndarray) -> float:
+    p = np.clip(p, 1e-6, 1 - 1e-6)
+    return float(-(t * np.log(p) + (1 - t) * np.log(1 - p)).mean())
+
+
+def _dice_loss(p: np.ndarray, t: np.ndarray) -> float:
+    return float(1.0 - (2 * (p * t).sum() + 1.0) / (p.sum() + t.sum() + 1.0))
+
+
+def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "mean",
+                    tta: list[str] | None = None) -> tuple[dict[str, float], pd.DataFrame,
+                                                           list[tuple[np.ndarray, np.ndarray]]]:
+    """Predict every validation image and measure it.
+
+    Returns:
+        (metrics dict with val_* keys, per-image table, list of (probs, cell-type probs)).
+    """
+    p = cfg.postprocess
+    rows, preds = [], []
+    tw = cfg.train
+    for s in samples:
+        x = normalize_image(s.image)[None]
+        probs, ct = predict_images(models, x, heads=heads, tta=tta or ["identity"], batch_size=1)
+        probs, ct = probs[0], ct[0]
+        preds.append((probs, ct))
+        t = s.targets.astype(np.float32)
+        loss = 0.0
+        for c, w in enumerate((tw.body_weight, tw.border_weight)[: t.shape[-1]]):
+            loss += w * (tw.bce_weight * _bce(probs[..., c], t[..., c])
+                         + tw.dice_weight * _dice_loss(probs[..., c], t[..., c]))
+        body_p, body_t = probs[..., 0] > 0.5, t[..., 0] > 0.5
+        inter, union = (body_p & body_t).sum(), (body_p | body_t).sum()
+        labels = decode_instances(probs, seed_threshold=p.seed_threshold,
+                                  mask_threshold=p.mask_threshold,
+                                  min_seed_area=p.min_seed_area, min_area=p.min_area)
+        res = match(s.instances.pixels, labels)
+        true_type = CELL_TYPE_INDEX[s.cell_type]
+        rows.append({
+            "id": s.image_id, "cell_type": s.cell_type, "score": res.score,
+            "n_true": res.n_true, "n_pred": res.n_pred, "loss": loss,
+            "body_accuracy": float((body_p == body_t).mean()),
+            "body_iou": float(inter / union) if union else 1.0,
+            "cell_type_acc": float(int(np.argmax(ct)) == true_type) if ct.size else np.nan,
+            "pred_cell_type": CELL_TYPES[int(np.argmax(ct))] if ct.size else "",
+        })
+    table = pd.DataFrame(rows)
+    metrics = {f"val_{k}": float(table[k].mean())
+               for k in ("loss", "score", "body_accuracy", "body_iou", "cell_type_acc")}
+    for cell_type, group in table.groupby("cell_type"):
+        metrics[f"val_score_{cell_type}"] = float(group["score"].mean())
+    return metrics, table, preds
+
+
+class FoldMonitor(keras.callbacks.Callback):
+    """Validation, best/last checkpoints, history, curves, early stopping and time budget."""
+
+    def __init__(self, cfg: Config, fold_dir: Path, val_samples: list[Sample],
+                 state: dict[str, Any], history: list[dict[str, Any]], write: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.fold_dir = fold_dir
+        self.val_samples = val_samples
+        self.state = state
+        self.history = history
+        self.write = write  # False on non-chief workers: they save to a scratch dir
+        self.t0 = time.time() - float(state.get("elapsed_s", 0.0))
+        self.epoch_t0 = time.time()
+
+    def _out(self, name: str) -> Path:
+        if self.write:
+            return self.fold_dir / name
+        scratch = Path(tempfile.gettempdir()) / f"cellseg_worker_{os.getpid()}"
+        return scratch / name
+
+    def _over_budget(self) -> bool:
+        budget = self.cfg.train.time_budget_min
+        return budget > 0 and time.time() - self.t0 > 60.0 * budget
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch_t0 = time.time()
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        if self._over_budget():
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        logs = logs if logs is not None else {}
+        tcfg = self.cfg.train
+        scored = (epoch + 1) % max(tcfg.score_every, 1) == 0 or epoch + 1 == tcfg.epochs \
+            or self._over_budget()
+        if scored:
+            metrics, _, _ = validate_images(self.model, self.val_samples, self.cfg, heads="mean")
+            logs.update(metrics)
+            score = metrics["val_score"]
+            if score > self.state.get("best_score", -1.0):
+                self.state.update(best_score=score, best_epoch=epoch, wait=0)
+                self._save(self._out(BEST_MODEL))
+            else:
+                self.state["wait"] = self.state.get("wait", 0) + 1
+            if self.state["wait"] >= max(tcfg.early_stopping_patience, 1):
+                print(f"early stopping: no better val_score for {self.state['wait']} checks")
+                self.model.stop_training = True
+        lr = self.model.optimizer.learning_rate
+        row = {"epoch": epoch, "lr": float(keras.ops.convert_to_numpy(lr)),
+               "epoch_s": round(time.time() - self.epoch_t0, 2)}
+        row.update({k: float(v) for k, v in logs.items()})
+        self.history.append(row)
+        self.state.update(epoch=epoch + 1, elapsed_s=time.time() - self.t0)
+        self._save(self._out(LAST_MODEL))
+        history = pd.DataFrame(self.history)
+        with fileio.atomic_path(self._out("history.csv")) as tmp:
+            history.to_csv(tmp, index=False)
+        fileio.write_text(self._out(STATE_FILE), json.dumps(self.state, indent=2))
+        plot_curves(history, self._out("curves.png"), title=f"{self.cfg.name} fold")
+        summary = " ".join(f"{k}={row[k]:.4f}" for k in
+                           ("loss", "val_loss", "val_body_iou", "val_cell_type_acc",
+                            "val_score") if k in row)
+        print(f"[epoch {epoch + 1}/{tcfg.epochs}] {summary} "
+              f"best_score={self.state.get('best_score', float('nan')):.4f} "
+              f"({row['epoch_s']:.0f}s)", flush=True)
+        if self._over_budget() and not self.model.stop_training:
+            print(f"time budget of {tcfg.time_budget_min} min reached; stopping")
+            self.model.stop_training = True
+
+    def _save(self, path: Path) -> None:
+        with fileio.atomic_path(path, suffix=".tmp.keras") as tmp:
+            self.model.save(tmp)
+
+
+# --------------------------------------------------------------------------- the run
+def fold_dir_for(cfg: Config, fold: int) -> Path:
+    return cfg.experiment_dir() / f"fold{fold}"
+
+
+def _prepare_dir(fold_dir: Path, resume: bool, overwrite: bool) -> None:
+    finished = (fold_dir / RESULT_FILE).is_file()
+    started = (fold_dir / STATE_FILE).is_file()
+    if overwrite and fold_dir.exists():
+        shutil.rmtree(fold_dir)
+        return
+    if resume:
+        if finished:
+            raise TrainingError(f"{fold_dir}: this fold already finished ({RESULT_FILE} "
+                                f"exists); nothing to resume. Use --overwrite to retrain.")
+        if not started:
+            raise TrainingError(f"{fold_dir}: no checkpoint ({STATE_FILE}) to resume from; "
+                                f"start without --resume")
+        return
+    if finished:
+        raise TrainingError(f"{fold_dir}: a finished run is there; refusing to overwrite it "
+                            f"(use --overwrite, or another --exp name)")
+    if started:
+        raise TrainingError(f"{fold_dir}: an interrupted run is there; continue it with "
+                            f"--resume or discard it with --overwrite")
+
+
+def split_ids(cfg: Config, data: TrainData, fold: int) -> tuple[list[str], list[str]]:
+    """Training and validation image ids of ``fold`` from ``<data root>/folds.csv``."""
+    folds = load_folds(Path(cfg.data.root) / FOLDS_FILENAME, ids=data.ids)
+    folds = folds[folds["id"].isin(data.ids)]
+    known = sorted(folds["fold"].unique())
+    if fold not in known:
+        raise TrainingError(f"fold {fold} not in {Path(cfg.data.root) / FOLDS_FILENAME} "
+                            f"(folds there: {known})")
+    val = folds.loc[folds["fold"] == fold, "id"].tolist()
+    train = folds.loc[folds["fold"] != fold, "id"].tolist()
+    return train, val
+
+
+def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = False,
+               verbose: int | str = "auto") -> Path:
+    """Train one fold end to end; returns the fold directory.
+
+    Args:
+        cfg: resolved config (``data.root`` must hold ``train.csv`` and ``folds.csv``).
+        fold: validation fold index.
+        resume: continue from ``last.keras`` + ``state.json``.
+        overwrite: delete an existing fold directory first.
+        verbose: Keras ``fit`` verbosity (progress bar).
+    """
+    chief = is_chief()
+    fold_dir = fold_dir_for(cfg, fold)
+    if chief:
+        _prepare_dir(fold_dir, resume, overwrite)
+    keras.utils.set_random_seed(cfg.seed + fold)
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    strategy = make_strategy(cfg)
+
+    data = TrainData(cfg.data.root)
+    train_ids, val_ids = split_ids(cfg, data, fold)
+    if not val_ids or not train_ids:
+        raise TrainingError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} "
+                            f"validation images; both must be non-empty")
+    if cfg.train.max_val_images and len(val_ids) > cfg.train.max_val_images:
+        rng = np.random.default_rng(cfg.seed)
+        val_ids = sorted(rng.choice(val_ids, cfg.train.max_val_images, replace=False).tolist())
+    cache_dir = cfg.data.cache_dir or str(Path(cfg.data.root) / ".cache")
+    print(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation images "
+          f"-> {fold_dir} (replicas: {strategy.num_replicas_in_sync})", flush=True)
+    train_samples = load_samples(data, train_ids, cache_dir, desc="train images")
+    val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True,
+                               desc="val images")
+
+    state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
+    history: list[dict[str, Any]] = []
+    if chief:
+        save_config(cfg, fold_dir / "config.yaml")
+    steps = cfg.train.steps_per_epoch
+    with strategy.scope():
+        if resume:
+            state.update(json.loads((fold_dir / STATE_FILE).read_text()))
+            model = keras.saving.load_model(fold_dir / LAST_MODEL)
+            if (fold_dir / "history.csv").is_file():
+                old = pd.read_csv(fold_dir / "history.csv")
+                history = old[old["epoch"] < state["epoch"]].to_dict("records")
+            print(f"resuming at epoch {state['epoch'] + 1} "
+                  f"(best val_score {state['best_score']:.4f})", flush=True)
+        else:
+            model = build_model(cfg.model, name=f"{cfg.name}_fold{fold}")
+            schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
+                                    cfg.train.epochs * steps)
+            optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                               weight_decay=cfg.train.weight_decay)
+            model.compile(optimizer=optimizer, jit_compile=cfg.train.xla,
+                          **compile_kwargs(model, cfg.train))
+    global_batch = cfg.train.batch_size
+    batches = TrainBatches(train_samples, cfg, output_names(model), batch_size=global_batch,
+                           steps=steps, seed=cfg.seed + 1000 * fold)
+    batches.epoch = int(state["epoch"])
+    monitor = FoldMonitor(cfg, fold_dir, val_samples, state, history, write=chief)
+    t0 = time.time()
+    if state["epoch"] < cfg.train.epochs:
+        model.fit(batches, epochs=cfg.train.epochs, initial_epoch=int(state["epoch"]),
+                  callbacks=[monitor], verbose=verbose)
+    train_s = time.time() - t0
+    if not chief:
+        return fold_dir
+    finish_fold(cfg, fold_dir, val_samples, train_s)
+    return fold_dir
+
+
+def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
+                train_s: float) -> dict[str, Any]:
+    """Reload the best model, write OOF maps, per-image scores and ``result.json``."""
+    best_path = fold_dir / BEST_MODEL
+    if not best_path.is_file():
+        raise TrainingError(f"{fold_dir}: no {BEST_MODEL}; training stopped before the first "
+                            f"validation (raise train.epochs or train.time_budget_min)")
+    model = keras.saving.load_model(best_path)
+    t0 = time.time()
+    metrics, table, preds = validate_images(model, val_samples, cfg, heads=cfg.infer.heads,
+                                            tta=cfg.infer.tta)
+    for s, (probs, ct) in zip(val_samples, preds):
+        oof.save_oof(fold_dir, s.image_id, probs, ct)
+    with fileio.atomic_path(fold_dir / "oof_scores.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    state = json.loads((fold_dir / STATE_FILE).read_text())
+    result = {
+        "fold": int(fold_dir.name[4:]),
+        "best_epoch": int(state["best_epoch"]) + 1,
+        "epochs_run": int(state["epoch"]),
+        "best_val_score_during_training": float(state["best_score"]),
+        "oof_metrics": metrics,
+        "oof_heads": cfg.infer.heads,
+        "oof_tta": list(cfg.infer.tta),
+        "train_seconds": round(train_s, 1),
+        "oof_seconds": round(time.time() - t0, 1),
+        "n_val_images": len(val_samples),
+        "params": int(model.count_params()),
+        "config": dataclasses.asdict(cfg),
+    }
+    fileio.write_text(fold_dir / RESULT_FILE, json.dumps(result, indent=2))
+    per_type = table.groupby("cell_type")["score"].mean().round(4).to_dict()
+    print(f"fold {result['fold']} done: OOF competition score {metrics['val_score']:.4f} "
+          f"(per type {per_type}), best epoch {result['best_epoch']}, "
+          f"{train_s / 60:.1f} min training", flush=True)
+    return result
+
+
+def require_data(cfg: Config) -> None:
+    """Clear errors for a missing data root or folds file, saying which command makes them."""
+    root = Path(cfg.data.root)
+    if not (root / "train.csv").is_file():
+        raise DataError(f"{root}/train.csv not found: put the competition data in {root} "
+                        f"(see input/README.md) or make synthetic data with "
+                        f"`python src/make_synthetic.py --out {root}`")
+    if not (root / FOLDS_FILENAME).is_file():
+        raise DataError(f"{root / FOLDS_FILENAME} not found: run "
+                        f"`python src/make_folds.py --data-dir {root}` first")
