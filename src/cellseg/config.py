@@ -95,6 +95,8 @@ class PostprocessParams:
     mask_threshold: float = 0.3
     min_seed_area: int = 10
     min_area: int = 10
+    keep_unseeded: bool = True  # a mask region with no seed becomes its own instance
+    fill_holes: bool = True
 
 
 @dataclass

@@ -109,7 +109,10 @@ class BceDiceLoss(keras.losses.Loss):
         if self.dice_weight:
             dice = soft_dice_per_channel(y_true, y_pred, self.smooth)
             total = total + self.dice_weight * ops.sum(w * (1.0 - dice))
-        return total
+        # One value per sample (all equal to the batch loss), not a scalar: Keras skips its
+        # reduction for scalars, and with it the 1/num_replicas scaling that tf.distribute
+        # needs, which doubled gradients and logged losses under MirroredStrategy.
+        return total * ops.ones((ops.shape(y_pred)[0],), dtype=total.dtype)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

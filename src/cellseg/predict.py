@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
+from typing import Any
 
 import keras
 import numpy as np
@@ -127,9 +128,31 @@ def _required_multiple(model: keras.Model) -> int:
         return 1
 
 
+_FORWARD: "weakref.WeakKeyDictionary[keras.Model, Any]" = weakref.WeakKeyDictionary()
+
+
+def _forward(model: keras.Model):
+    """A compiled inference call of ``model``, made once per model.
+
+    Not ``predict_on_batch``: that routes through the model's ``tf.distribute`` strategy,
+    which splits (or, multi-worker, gathers) the batch across replicas; inference and
+    validation want one plain local forward pass. The open input signature traces one graph
+    for every batch and image size.
+    """
+    fn = _FORWARD.get(model)
+    if fn is None:
+        import tensorflow as tf
+
+        spec = tf.TensorSpec([None, None, None, 1], tf.float32)
+        fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+        _FORWARD[model] = fn
+    return fn
+
+
 def _run(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     """One forward pass; always a dict (a bare tensor output is treated as ``seg1``)."""
-    out = model.predict_on_batch(x)
+    out = _forward(model)(x)
+    out = keras.tree.map_structure(keras.ops.convert_to_numpy, out)
     if isinstance(out, dict):
         return {k: np.asarray(v, dtype=np.float32) for k, v in out.items()}
     if isinstance(out, (list, tuple)):

@@ -17,6 +17,7 @@ values enter Keras' logs as ``val_*`` so the progress bar, history and early sto
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,7 +41,7 @@ from .losses import compile_kwargs
 from .metric import match
 from .model import build_model, output_names
 from .pipeline import Sample, TrainBatches, load_samples
-from .postprocess import decode_instances
+from .postprocess import decode_with_params
 from .predict import normalize_image, predict_images
 from .viz import plot_curves
 
@@ -140,7 +141,6 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
     Returns:
         (metrics dict with val_* keys, per-image table, list of (probs, cell-type probs)).
     """
-    p = cfg.postprocess
     rows, preds = [], []
     tw = cfg.train
     for s in samples:
@@ -155,9 +155,7 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
                          + tw.dice_weight * _dice_loss(probs[..., c], t[..., c]))
         body_p, body_t = probs[..., 0] > 0.5, t[..., 0] > 0.5
         inter, union = (body_p & body_t).sum(), (body_p | body_t).sum()
-        labels = decode_instances(probs, seed_threshold=p.seed_threshold,
-                                  mask_threshold=p.mask_threshold,
-                                  min_seed_area=p.min_seed_area, min_area=p.min_area)
+        labels = decode_with_params(probs, cfg.postprocess)
         res = match(s.instances.pixels, labels)
         true_type = CELL_TYPE_INDEX[s.cell_type]
         rows.append({
@@ -180,8 +178,14 @@ class FoldMonitor(keras.callbacks.Callback):
     """Validation, best/last checkpoints, history, curves, early stopping and time budget."""
 
     def __init__(self, cfg: Config, fold_dir: Path, val_samples: list[Sample],
-                 state: dict[str, Any], history: list[dict[str, Any]], write: bool) -> None:
+                 state: dict[str, Any], history: list[dict[str, Any]], write: bool,
+                 eval_model: keras.Model | None = None, allow_stop: bool = True) -> None:
         super().__init__()
+        self.eval_model = eval_model
+        # Multi-worker: each worker validates with its own (unsynced) batch-norm statistics,
+        # so their early-stopping/time decisions could differ and leave one worker waiting on
+        # a collective forever; there the run lasts exactly train.epochs.
+        self.allow_stop = allow_stop
         self.cfg = cfg
         self.fold_dir = fold_dir
         self.val_samples = val_samples
@@ -199,7 +203,7 @@ class FoldMonitor(keras.callbacks.Callback):
 
     def _over_budget(self) -> bool:
         budget = self.cfg.train.time_budget_min
-        return budget > 0 and time.time() - self.t0 > 60.0 * budget
+        return self.allow_stop and budget > 0 and time.time() - self.t0 > 60.0 * budget
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.epoch_t0 = time.time()
@@ -214,7 +218,10 @@ class FoldMonitor(keras.callbacks.Callback):
         scored = (epoch + 1) % max(tcfg.score_every, 1) == 0 or epoch + 1 == tcfg.epochs \
             or self._over_budget()
         if scored:
-            metrics, _, _ = validate_images(self.model, self.val_samples, self.cfg, heads="mean")
+            eval_model = self.eval_model or self.model
+            if eval_model is not self.model:
+                eval_model.set_weights(self.model.get_weights())
+            metrics, _, _ = validate_images(eval_model, self.val_samples, self.cfg, heads="mean")
             logs.update(metrics)
             score = metrics["val_score"]
             if score > self.state.get("best_score", -1.0):
@@ -222,7 +229,7 @@ class FoldMonitor(keras.callbacks.Callback):
                 self._save(self._out(BEST_MODEL))
             else:
                 self.state["wait"] = self.state.get("wait", 0) + 1
-            if self.state["wait"] >= max(tcfg.early_stopping_patience, 1):
+            if self.allow_stop and self.state["wait"] >= max(tcfg.early_stopping_patience, 1):
                 print(f"early stopping: no better val_score for {self.state['wait']} checks")
                 self.model.stop_training = True
         lr = self.model.optimizer.learning_rate
@@ -240,7 +247,7 @@ class FoldMonitor(keras.callbacks.Callback):
         summary = " ".join(f"{k}={row[k]:.4f}" for k in
                            ("loss", "val_loss", "val_body_iou", "val_cell_type_acc",
                             "val_score") if k in row)
-        print(f"[epoch {epoch + 1}/{tcfg.epochs}] {summary} "
+        print(f"\n[epoch {epoch + 1}/{tcfg.epochs}] {summary} "
               f"best_score={self.state.get('best_score', float('nan')):.4f} "
               f"({row['epoch_s']:.0f}s)", flush=True)
         if self._over_budget() and not self.model.stop_training:
@@ -253,6 +260,49 @@ class FoldMonitor(keras.callbacks.Callback):
 
 
 # --------------------------------------------------------------------------- the run
+def _work_around_multiworker_build(model: keras.Model, strategy, batches: TrainBatches):
+    """Two Keras 3 bugs under MultiWorkerMirroredStrategy (keras-team/keras#20585,
+    tensorflow/tensorflow#72388, both open):
+
+    - ``fit`` first reduces a distributed data batch to build its metrics, which fails
+      ("Attempt to convert a value (PerReplica...)"): build model state from one local batch
+      ourselves, then let ``fit`` take the strategy from the enclosing ``strategy.scope()``;
+    - the "mean" reduction of the step's scalar logs across workers uses ``axis=0`` and fails
+      ("Invalid reduction dimension 0"): the train step returns each log as a length-1
+      vector, so the cross-worker mean is taken over that axis and yields the scalar again.
+    """
+    if not _is_multiworker(strategy):
+        return contextlib.nullcontext()
+    with strategy.scope():
+        model._symbolic_build(data_batch=batches[0])
+    model._distribute_strategy = None
+    step = model.train_step
+
+    def train_step(data):
+        return {k: keras.ops.reshape(v, (1,)) for k, v in step(data).items()}
+
+    model.train_step = train_step
+    return strategy.scope()
+
+
+def _is_multiworker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def local_copy(model: keras.Model, strategy) -> keras.Model:
+    """The model itself, or under a multi-replica strategy a plain copy for validation.
+
+    ``predict`` under a strategy splits or (multi-worker) gathers batches across replicas;
+    validation wants one local forward pass per image, so it runs on a copy outside the
+    strategy that receives the trained weights before each validation.
+    """
+    if strategy.num_replicas_in_sync == 1:
+        return model
+    return keras.models.clone_model(model)
+
+
 def fold_dir_for(cfg: Config, fold: int) -> Path:
     return cfg.experiment_dir() / f"fold{fold}"
 
@@ -353,11 +403,15 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     batches = TrainBatches(train_samples, cfg, output_names(model), batch_size=global_batch,
                            steps=steps, seed=cfg.seed + 1000 * fold)
     batches.epoch = int(state["epoch"])
-    monitor = FoldMonitor(cfg, fold_dir, val_samples, state, history, write=chief)
+    monitor = FoldMonitor(cfg, fold_dir, val_samples, state, history, write=chief,
+                          eval_model=local_copy(model, strategy),
+                          allow_stop=not _is_multiworker(strategy))
     t0 = time.time()
     if state["epoch"] < cfg.train.epochs:
-        model.fit(batches, epochs=cfg.train.epochs, initial_epoch=int(state["epoch"]),
-                  callbacks=[monitor], verbose=verbose)
+        scope = _work_around_multiworker_build(model, strategy, batches)
+        with scope:
+            model.fit(batches, epochs=cfg.train.epochs, initial_epoch=int(state["epoch"]),
+                      callbacks=[monitor], verbose=verbose)
     train_s = time.time() - t0
     if not chief:
         return fold_dir

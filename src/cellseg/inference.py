@@ -1,0 +1,406 @@
+"""Test-set inference: fold ensemble x TTA -> cell type -> instances -> RLE -> submission.csv.
+
+One library function, :func:`run_inference`, does the whole job so that ``src/infer.py`` and
+the Kaggle kernel run the same code (the kernel only sets paths). Per test image:
+
+1. read the PNG (size from its header, checked against the decoded pixels) and normalise it;
+2. :func:`cellseg.predict.predict_images` averages every fold model over the TTA variants
+   (the variants of an image go through a model in one batch);
+3. the cell type is the argmax of the averaged cell-type head (or a user override), and
+   selects that type's tuned post-processing parameters (``postprocess.yaml``);
+4. :func:`cellseg.postprocess.decode_with_params` gives a label image; every instance is
+   RLE-encoded and streamed to the submission file.
+
+Memory stays flat: an image's probability maps are dropped once its rows are written, and
+rows go straight to a temporary file that is validated and renamed into place at the end
+(:func:`cellseg.submission.write_submission`), so a corrupt test image or Ctrl-C halfway never
+leaves a partial ``submission.csv``.
+
+TensorFlow is imported only once the cheap checks (arguments, test images, model files) have
+passed: a wrong path fails in a second, not after a TF start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import fileio, oof, rle
+from .config import Config, ConfigError, load_config
+from .constants import CELL_TYPES
+from .data import DataError, read_image
+from .postprocess import decode_with_params
+from .submission import folder_image_shapes, image_rows, write_submission
+from .tuned import load_params
+
+BEST_MODEL = "best.keras"  # the name training writes (cellseg.training.BEST_MODEL)
+RESULT_FILE = "result.json"
+SAVED_CONFIG = "config.yaml"
+TEST_DIRNAME = "test"
+
+# Stages reported in the timing summary, in pipeline order.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("read", "read + normalise image"),
+    ("model", "model ensemble + TTA"),
+    ("postprocess", "post-processing"),
+    ("encode", "RLE encoding"),
+    ("save", "saving maps / overlays"),
+    ("write", "validate + write csv"),
+)
+
+
+class InferenceError(ValueError):
+    """Inference cannot start or go on (no trained model, models without a cell-type head,
+    bad options); the message says what to run or pass instead."""
+
+
+# ------------------------------------------------------------------------------ experiment
+def _fold_of(path: Path) -> int | None:
+    suffix = path.name[4:] if path.name.startswith("fold") else ""
+    return int(suffix) if suffix.isdigit() else None
+
+
+def find_fold_models(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
+                     ) -> list[tuple[int, Path]]:
+    """The ``fold<K>/best.keras`` files of an experiment, sorted by fold.
+
+    Args:
+        exp_dir: ``output/<exp>``.
+        folds: the folds wanted; None or empty = every fold that has a ``best.keras``.
+
+    Returns:
+        ``[(fold, path), ...]``.
+
+    Raises:
+        InferenceError: no model at all, or a requested fold without one (the message names
+            the missing file and the training command that makes it).
+    """
+    exp_dir = Path(exp_dir)
+    if folds:
+        found, missing = [], []
+        for k in sorted(set(int(f) for f in folds)):
+            path = exp_dir / f"fold{k}" / BEST_MODEL
+            (found if path.is_file() else missing).append((k, path))
+        if missing:
+            k, path = missing[0]
+            raise InferenceError(
+                f"{path} not found: fold {k} has no trained model; train it with "
+                f"`python src/train.py --fold {k} --exp {exp_dir.name}` or leave it out of --folds"
+            )
+    else:
+        found = sorted(
+            (k, d / BEST_MODEL)
+            for d in exp_dir.glob("fold*")
+            if (k := _fold_of(d)) is not None and (d / BEST_MODEL).is_file()
+        )
+        if not found:
+            where = exp_dir if exp_dir.is_dir() else f"{exp_dir} (folder does not exist)"
+            raise InferenceError(
+                f"no trained model in {where}: expected fold<K>/{BEST_MODEL}; train one with "
+                f"`python src/train.py --fold K --exp {exp_dir.name}` (K = 0, 1, ...)"
+            )
+    for k, path in found:
+        if not (path.parent / RESULT_FILE).is_file():
+            warnings.warn(f"{path.parent}: no {RESULT_FILE}, so fold {k}'s training did not "
+                          f"finish; using its best model so far", stacklevel=2)
+    return found
+
+
+def saved_config_path(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
+                      ) -> Path | None:
+    """The resolved config saved by training: ``fold0/config.yaml`` if present, else that of
+    the first (requested) fold that has one; None when there is none."""
+    exp_dir = Path(exp_dir)
+    candidates = [exp_dir / "fold0" / SAVED_CONFIG]
+    if folds:
+        candidates = [exp_dir / f"fold{k}" / SAVED_CONFIG for k in sorted(folds)] + candidates
+    candidates += sorted(
+        (d / SAVED_CONFIG for d in exp_dir.glob("fold*") if _fold_of(d) is not None),
+        key=lambda p: _fold_of(p.parent),
+    )
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def resolve_config(
+    config_path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    exp: str | None = None,
+    config_explicit: bool = False,
+    folds: Sequence[int] | None = None,
+) -> tuple[Config, Path, Path | None]:
+    """The config an inference run uses, and the experiment folder it reads.
+
+    Why two configs: the model and its default post-processing must be those the experiment
+    was trained with (its saved ``fold<K>/config.yaml``), while where the data is and how to
+    infer (TTA, heads, batch size) belong to this run.
+
+    Rules: ``config_path`` (+ ``overrides``, + ``exp`` as the name) locates the experiment
+    (``<output_dir>/<name>``). If it has a saved config, that is the base; an explicitly
+    given ``--config`` then replaces its ``data`` and ``infer`` sections. ``overrides``
+    (``--set k=v``) apply last, to whichever base is used.
+
+    Returns:
+        ``(cfg, exp_dir, saved config path or None)``.
+
+    Raises:
+        ConfigError: unreadable config or bad override.
+    """
+    cli_cfg = load_config(config_path, list(overrides))
+    if exp:
+        cli_cfg = dataclasses.replace(cli_cfg, name=str(exp))
+    exp_dir = cli_cfg.experiment_dir()
+    saved = saved_config_path(exp_dir, folds)
+    if saved is None:
+        return cli_cfg, exp_dir, None
+    try:
+        saved_cfg = load_config(saved, list(overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"saved experiment config: {exc}") from None
+    keep = {"name": cli_cfg.name, "output_dir": cli_cfg.output_dir}
+    if config_explicit:
+        keep.update(data=cli_cfg.data, infer=cli_cfg.infer)
+    return dataclasses.replace(saved_cfg, **keep), exp_dir, saved
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
+    """Load Keras models in safe mode (untrusted files; DESIGN.md section 8).
+
+    Importing ``cellseg.model``, ``cellseg.losses`` and ``cellseg.training`` registers the
+    project's custom layers, losses and schedules. ``compile=False``: inference needs neither
+    the optimizer nor the losses, and skipping them is faster and avoids optimizer warnings.
+    """
+    import keras
+
+    from . import losses, model, training  # noqa: F401  (registers custom objects)
+
+    out = []
+    for path in paths:
+        try:
+            out.append(keras.saving.load_model(path, compile=False))
+        except Exception as exc:  # Keras raises many types for a damaged file
+            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
+                                 f"{exc})") from None
+    return out
+
+
+# ------------------------------------------------------------------------------ helpers
+def _check_heads(heads: str) -> None:
+    if heads in ("mean", "last"):
+        return
+    if heads.startswith("prune=") and heads[6:].isdigit() and int(heads[6:]) >= 1:
+        return
+    raise InferenceError(f"heads: expected 'mean', 'last' or 'prune=L' (L >= 1), got {heads!r}")
+
+
+def _chunks(ids: Sequence[str], shapes: dict[str, tuple[int, int]], size: int
+            ) -> Iterator[list[str]]:
+    """Consecutive ids of equal image size, at most ``size`` at a time (one model batch)."""
+    chunk: list[str] = []
+    for image_id in ids:
+        if chunk and (len(chunk) == size or shapes[image_id] != shapes[chunk[0]]):
+            yield chunk
+            chunk = []
+        chunk.append(image_id)
+    if chunk:
+        yield chunk
+
+
+def format_timing(summary: dict[str, Any]) -> str:
+    """The per-stage timing table of a :func:`run_inference` summary, as text."""
+    n = max(summary["n_images"], 1)
+    lines = [f"{'stage':<26}{'total s':>10}{'s / image':>12}"]
+    for key, label in STAGES:
+        total = summary["timing_s"].get(key, 0.0)
+        lines.append(f"{label:<26}{total:>10.2f}{total / n:>12.4f}")
+    lines.append(f"{'total (excl. model load)':<26}{summary['seconds_total']:>10.2f}"
+                 f"{summary['seconds_total'] / n:>12.4f}")
+    lines.append(f"{'model loading (once)':<26}{summary['model_load_s']:>10.2f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ the run
+def run_inference(
+    cfg: Config,
+    exp_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    cell_type: str | None = None,
+    save_probs_dir: str | os.PathLike | None = None,
+    save_overlays_dir: str | os.PathLike | None = None,
+    heads: str | None = None,
+    tta: Sequence[str] | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Predict every ``<data_dir>/test/*.png`` and write a validated submission.
+
+    Args:
+        cfg: resolved config (see :func:`resolve_config`); supplies ``infer.*`` defaults and
+            the default post-processing used when ``postprocess.yaml`` is missing.
+        exp_dir: experiment folder with ``fold<K>/best.keras`` (and maybe
+            ``postprocess.yaml``).
+        data_dir: data root; test images are ``<data_dir>/test/*.png``.
+        out_path: the submission CSV to write (atomically; never left half-written).
+        folds: folds to ensemble; None = ``cfg.infer.folds``, and if that is empty every fold
+            with a model.
+        cell_type: force this cell type for every image (its post-processing parameters);
+            required when the models have no cell-type head.
+        save_probs_dir: if set, write ``<id>.npz`` per image (``probs`` uint8 H x W x C =
+            probability * 255, ``cell_type_probs`` float32; the OOF format of
+            :mod:`cellseg.oof`).
+        save_overlays_dir: if set, write ``<id>.png`` overlays (image | outlines | instances).
+        heads: ``"mean"``, ``"last"`` or ``"prune=L"``; None = ``cfg.infer.heads``.
+        tta: TTA variants; None = ``cfg.infer.tta``.
+        progress: show a tqdm progress bar.
+        verbose: print the summary and timing table.
+
+    Returns:
+        Summary dict: ``out``, ``n_images``, ``n_masks``, ``n_empty_images``, ``folds``,
+        ``heads``, ``tta``, ``cell_type_counts``, ``image_cell_types`` (id -> type),
+        ``timing_s`` (stage -> total seconds), ``seconds_per_image`` (stage -> seconds),
+        ``seconds_total``, ``model_load_s``, ``postprocess_params``.
+
+    Raises:
+        DataError: test folder missing or empty, or a test image missing/corrupt (named).
+        InferenceError: no trained model, no cell-type head and no override, bad options.
+        SubmissionError: the produced rows are not a valid submission (nothing written).
+    """
+    out_path = Path(out_path)
+    heads = cfg.infer.heads if heads is None else heads
+    tta = list(cfg.infer.tta if tta is None else tta)
+    folds = list(cfg.infer.folds if folds is None else folds) or None
+    batch_size = max(int(cfg.infer.batch_size), 1)
+    _check_heads(heads)
+    if cell_type is not None and cell_type not in CELL_TYPES:
+        raise InferenceError(f"cell type {cell_type!r} unknown; expected one of {CELL_TYPES}")
+    if out_path.is_dir():
+        raise InferenceError(f"{out_path} is a folder; expected the submission file's path")
+
+    # Cheap checks first: test images (headers only) and model files.
+    test_dir = Path(data_dir) / TEST_DIRNAME
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: test image folder not found (expected <data root>/"
+                        f"{TEST_DIRNAME}/*.png; set --data-dir)")
+    shapes = folder_image_shapes(test_dir)
+    ids = list(shapes)
+    model_files = find_fold_models(exp_dir, folds)
+    params = load_params(exp_dir, cfg)
+
+    from .model import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
+    from .predict import TTA_FLIP_AXES, normalize_image, predict_images
+
+    bad = [t for t in tta if t not in TTA_FLIP_AXES]
+    if not tta or bad:
+        raise InferenceError(f"tta {tta}: each must be one of {list(TTA_FLIP_AXES)}")
+    t0 = time.perf_counter()
+    models = load_models([p for _, p in model_files])
+    model_load_s = time.perf_counter() - t0
+    heads_per_model = [m for m in models if CELL_TYPE_OUTPUT in output_names(m)]
+    if cell_type is None and not heads_per_model:
+        raise InferenceError(
+            f"the models of {exp_dir} have no cell-type head (trained with "
+            f"model.cell_type_head: false), so the post-processing parameters cannot be "
+            f"chosen per image: pass --cell-type, one of {CELL_TYPES}"
+        )
+    if heads_per_model:
+        n_types = int(heads_per_model[0].get_layer(CELL_TYPE_OUTPUT).units)
+        if n_types != len(CELL_TYPES):
+            raise InferenceError(f"the cell-type head has {n_types} classes; expected "
+                                 f"{len(CELL_TYPES)} ({CELL_TYPES})")
+    save_overlay = None
+    if save_overlays_dir is not None:
+        from .viz import save_overlay
+    probs_dir = Path(save_probs_dir) if save_probs_dir is not None else None
+    overlay_dir = Path(save_overlays_dir) if save_overlays_dir is not None else None
+
+    timing = dict.fromkeys((k for k, _ in STAGES), 0.0)
+    image_types: dict[str, str] = {}
+
+    def rows() -> Iterator[tuple[str, str]]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress)
+        try:
+            for chunk in _chunks(ids, shapes, batch_size):
+                t = time.perf_counter()
+                raw = [read_image(test_dir / f"{i}.png", shapes[i]) for i in chunk]
+                batch = np.stack([normalize_image(r) for r in raw])
+                timing["read"] += time.perf_counter() - t
+                t = time.perf_counter()
+                probs, type_probs = predict_images(models, batch, heads=heads, tta=tta,
+                                                   batch_size=batch_size)
+                timing["model"] += time.perf_counter() - t
+                for k, image_id in enumerate(chunk):
+                    if cell_type is not None:
+                        kind = cell_type
+                    else:
+                        kind = CELL_TYPES[int(np.argmax(type_probs[k]))]
+                    image_types[image_id] = kind
+                    t = time.perf_counter()
+                    labels = decode_with_params(probs[k], params[kind])
+                    timing["postprocess"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    masks = rle.encode_labels(labels)
+                    timing["encode"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    if probs_dir is not None:
+                        fileio.save_npz(probs_dir / f"{image_id}.npz",
+                                        probs=oof.quantize(probs[k]),
+                                        cell_type_probs=np.asarray(type_probs[k], np.float32))
+                    if save_overlay is not None:
+                        save_overlay(overlay_dir / f"{image_id}.png", raw[k], None, labels)
+                    timing["save"] += time.perf_counter() - t
+                    yield from image_rows(image_id, masks)
+                    bar.update(1)
+        finally:
+            bar.close()
+
+    t_start = time.perf_counter()
+    written = write_submission(rows(), out_path, ids, shapes)
+    total = time.perf_counter() - t_start
+    timing["write"] = max(total - sum(v for k, v in timing.items() if k != "write"), 0.0)
+    n = len(ids)
+    summary: dict[str, Any] = {
+        "out": str(out_path),
+        "n_images": n,
+        "n_masks": written.n_masks,
+        "n_empty_images": written.n_empty_images,
+        "folds": [k for k, _ in model_files],
+        "heads": heads,
+        "tta": tta,
+        "cell_type_override": cell_type,
+        "cell_type_counts": dict(Counter(image_types.values())),
+        "image_cell_types": image_types,
+        "postprocess_params": params,
+        "timing_s": {k: round(v, 4) for k, v in timing.items()},
+        "seconds_per_image": {k: round(v / max(n, 1), 4) for k, v in timing.items()},
+        "seconds_total": round(total, 3),
+        "model_load_s": round(model_load_s, 3),
+    }
+    if verbose:
+        print(f"wrote {out_path}: {n} test images, {written.n_masks} masks, "
+              f"{written.n_empty_images} image(s) without a cell; {len(models)} fold model(s) "
+              f"{summary['folds']} x TTA {tta}, heads={heads}; cell types "
+              f"{summary['cell_type_counts']}")
+        print(format_timing(summary))
+    return summary
+
+
+__all__ = [
+    "InferenceError",
+    "find_fold_models",
+    "format_timing",
+    "load_models",
+    "resolve_config",
+    "run_inference",
+    "saved_config_path",
+]

@@ -1,0 +1,53 @@
+"""Score a submission against annotations: ``python src/evaluate.py --submission FILE --truth CSV``.
+
+Prints the competition metric overall, per cell type and per IoU threshold, and writes
+``scores.csv`` (per image), ``summary.csv``, ``summary.md`` and overlays of the worst and best
+images to ``--out`` (default: ``<submission folder>/<submission name>_eval``). The logic lives
+in ``cellseg.evaluation.evaluate_submission``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--submission", required=True, help="submission CSV (id,predicted)")
+    parser.add_argument("--truth", required=True,
+                        help="annotations in train.csv format (e.g. a held-out train.csv)")
+    parser.add_argument("--out", help="output folder (default: <submission folder>/"
+                        "<submission name>_eval)")
+    parser.add_argument("--images", help="image folder for the overlays (default: "
+                        "<truth folder>/test, then <truth folder>/train)")
+    parser.add_argument("--n-overlays", type=int, default=3,
+                        help="worst and best images to draw (default: %(default)s; 0 = none)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cellseg.data import DataError
+    from cellseg.evaluation import evaluate_submission
+
+    submission = Path(args.submission)
+    out = Path(args.out) if args.out else submission.parent / f"{submission.stem}_eval"
+    try:
+        result = evaluate_submission(submission, args.truth, out_dir=out,
+                                     images_dir=args.images, n_overlays=args.n_overlays)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(result.markdown)
+    print(f"\nscore {result.score:.4f} over {len(result.table)} images; "
+          f"{len(result.files)} files written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Predict the test images and write ``submission.csv``: ``python src/infer.py``.
+
+Ensembles every trained fold of the experiment (``output/<exp>/fold<K>/best.keras``) with
+test-time augmentation, picks each image's cell type from the network's head, decodes
+instances with that type's tuned parameters (``output/<exp>/postprocess.yaml``) and writes a
+validated submission atomically. All the logic lives in ``cellseg.inference.run_inference``
+(the Kaggle kernel calls it too); this script only parses options.
+
+Config: when the experiment has a saved training config (``fold0/config.yaml``) it is the base
+(model, default post-processing, data root, infer settings); an explicit ``--config`` replaces
+its ``data`` and ``infer`` sections; ``--set`` and the options below override last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one fold, e.g. 0,1")
+    return values
+
+
+def _str_list(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. identity,hflip")
+    return values
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None,
+                        help=f"YAML config (default: {DEFAULT_CONFIG} if it exists)")
+    parser.add_argument("--exp", help="experiment name (default: the config's name)")
+    parser.add_argument("--data-dir", help="data root holding test/*.png "
+                        "(default: the config's data.root)")
+    parser.add_argument("--out", default="submission.csv",
+                        help="submission file to write (default: %(default)s)")
+    parser.add_argument("--folds", type=_int_list, help="folds to ensemble, e.g. 0,1 "
+                        "(default: infer.folds, or every trained fold)")
+    parser.add_argument("--cell-type", help="force one cell type (shsy5y, astro, cort) for "
+                        "every image; needed for models without a cell-type head")
+    parser.add_argument("--heads", help="mean | last | prune=L (default: infer.heads)")
+    parser.add_argument("--tta", type=_str_list, help="comma-separated TTA variants from "
+                        "identity,hflip,vflip,hvflip (default: infer.tta)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE", help="override a config value, e.g. "
+                        "--set infer.batch_size=1 (repeatable)")
+    parser.add_argument("--save-probs", metavar="DIR",
+                        help="also write probability maps, DIR/<id>.npz (uint8)")
+    parser.add_argument("--save-overlays", metavar="DIR",
+                        help="also write overlay pictures, DIR/<id>.png")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser.parse_args(argv)
+
+
+def _config_path(arg: str | None) -> str | None:
+    """The explicit --config, else configs/default.yaml (here or in the repository)."""
+    if arg is not None:
+        return arg
+    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cellseg.config import ConfigError
+    from cellseg.data import DataError
+    from cellseg.inference import resolve_config, run_inference
+
+    try:
+        cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,
+                                             exp=args.exp, config_explicit=args.config
+                                             is not None, folds=args.folds)
+        if saved is not None:
+            print(f"experiment {exp_dir} (saved config {saved})", flush=True)
+        run_inference(
+            cfg, exp_dir,
+            data_dir=args.data_dir or cfg.data.root,
+            out_path=args.out,
+            folds=args.folds,
+            cell_type=args.cell_type,
+            save_probs_dir=args.save_probs,
+            save_overlays_dir=args.save_overlays,
+            heads=args.heads,
+            tta=args.tta,
+            progress=not args.no_progress,
+        )
+    except (ConfigError, DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

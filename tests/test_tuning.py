@@ -1,0 +1,207 @@
+"""Tests of Optuna post-processing tuning (cellseg.tuning, src/tune.py) on tiny synthetic OOF maps.
+
+The OOF maps are made from the truth: a blurred body map and a touching-border map, with a
+background bias (the body map never falls under ~0.28 off the cells, as an over-confident
+network's would). The config defaults (mask_threshold 0.3) then take nearly the whole image as
+foreground and score ~0.03, so tuning has a large, reliable gain to find.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from cellseg import oof, tuned
+from cellseg.config import load_config
+from cellseg.constants import CELL_TYPES
+from cellseg.data import TrainData
+from cellseg.folds import load_folds
+from cellseg.postprocess import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
+from cellseg.targets import make_targets
+from cellseg.tuning import (
+    Evaluator,
+    TuningError,
+    default_storage,
+    describe_storage,
+    load_eval_sets,
+    make_storage,
+    run_tuning,
+    study_name,
+)
+from tiny_data import make_tiny_root
+
+REPO = Path(__file__).resolve().parents[1]
+TUNE = REPO / "src" / "tune.py"
+EXP = "tiny"
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _write_oof(data_root: Path, exp_dir: Path, seed: int = 0) -> None:
+    data = TrainData(data_root)
+    folds = load_folds(data_root / "folds.csv")
+    rng = np.random.default_rng(seed)
+    for image_id, fold in zip(folds["id"], folds["fold"]):
+        target = make_targets(data.load_instances(image_id)).astype(np.float32)
+        body = 0.28 + 0.72 * cv2.GaussianBlur(target[..., 0], (0, 0), 1.0)
+        border = cv2.GaussianBlur(target[..., 1], (0, 0), 1.0)
+        probs = np.stack([body, border], -1) + rng.normal(0, 0.03, target.shape)
+        oof.save_oof(exp_dir / f"fold{fold}", image_id, np.clip(probs, 0, 1),
+                     np.full(len(CELL_TYPES), 1 / 3, np.float32))
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A tiny data root (9 images, 3 per type, 3 folds) and its OOF maps, made once."""
+    base = tmp_path_factory.mktemp("tuning_template")
+    make_tiny_root(base / "data")
+    _write_oof(base / "data", base / "oof" / EXP)
+    return base
+
+
+@pytest.fixture
+def cfg(template, tmp_path):
+    """Config of a fresh experiment folder (its own copy of the OOF maps) per test."""
+    shutil.copytree(template / "oof", tmp_path / "out")
+    return load_config(None, [f"data.root={template / 'data'}", f"name={EXP}",
+                              f"output_dir={tmp_path / 'out'}", "tune.n_jobs=1"])
+
+
+def _study(cfg, cell_type: str, storage: str | None = None, method: str = "deep"):
+    return optuna.load_study(study_name=study_name(EXP, method, cell_type),
+                             storage=storage or default_storage(cfg.experiment_dir()))
+
+
+@pytest.mark.slow
+def test_tuning_beats_defaults_for_every_type(cfg):
+    report = run_tuning(cfg, n_trials=10, log=None)
+    doc = yaml.safe_load(report.output_path.read_text())
+    assert report.output_path == cfg.experiment_dir() / "postprocess.yaml"
+    assert doc["method"] == "deep" and doc["folds"] == [0, 1, 2] and doc["date"]
+    assert list(doc["cell_types"]) == list(CELL_TYPES)
+    for cell_type, entry in doc["cell_types"].items():
+        assert entry["n_images"] == 3 and entry["n_trials"] == 10
+        assert entry["oof_score"] > entry["default_score"] + 0.2, (cell_type, entry)
+        assert set(entry["params"]) == set(DEEP_SEARCH_SPACE)
+        # The defaults are trial 0 of each study.
+        first = _study(cfg, cell_type).trials[0]
+        assert first.params == {k: getattr(cfg.postprocess, k) for k in DEEP_SEARCH_SPACE}
+        assert first.value == pytest.approx(entry["default_score"], abs=1e-6)
+        assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-history.png").is_file()
+        assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-importances.png").is_file()
+    # What inference reads back, re-scored serially and in two processes, gives the saved score.
+    params = tuned.load_params(cfg.experiment_dir(), cfg)
+    sets = load_eval_sets(cfg, log=None)
+    with Evaluator(sets, n_jobs=1) as serial, Evaluator(sets, n_jobs=2) as pooled:
+        for cell_type in CELL_TYPES:
+            scores = serial.image_scores(cell_type, params[cell_type])
+            np.testing.assert_allclose(pooled.image_scores(cell_type, params[cell_type]), scores)
+            assert scores.mean() == pytest.approx(doc["cell_types"][cell_type]["oof_score"],
+                                                  abs=1e-6)
+
+
+def test_interrupted_study_resumes(cfg):
+    run_tuning(cfg, n_trials=3, cell_types=["cort"], plots=False, log=None)
+    report = run_tuning(cfg, n_trials=3, cell_types=["cort"], plots=False, log=None)
+    trials = _study(cfg, "cort").trials
+    assert [t.number for t in trials] == list(range(6))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    # Defaults enqueued once; the resumed sampler did not repeat the first run's points.
+    defaults = {k: getattr(cfg.postprocess, k) for k in DEEP_SEARCH_SPACE}
+    assert sum(t.params == defaults for t in trials) == 1
+    assert trials[4].params != trials[1].params
+    (result,) = report.results
+    assert (result.n_trials, result.n_trials_this_run) == (6, 3)
+    doc = yaml.safe_load(report.output_path.read_text())
+    assert doc["cell_types"]["cort"]["n_trials"] == 6
+
+
+def test_study_refuses_other_images(cfg):
+    run_tuning(cfg, n_trials=1, folds=[0, 1], cell_types=["astro"], plots=False, log=None)
+    with pytest.raises(TuningError, match="tuned on other images"):
+        run_tuning(cfg, n_trials=1, folds=[0], cell_types=["astro"], plots=False, log=None)
+
+
+def _tune_cmd(cfg, tmp_path: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(TUNE), "--exp", EXP, "--data-dir", cfg.data.root,
+            "--set", f"output_dir={tmp_path / 'out'}", "--n-jobs", "1", "--no-plots", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["journal", "sqlite"])
+def test_two_workers_share_one_study(cfg, tmp_path, kind):
+    storage = (f"journal:{tmp_path / 'shared' / 'tune.log'}" if kind == "journal"
+               else f"sqlite:///{tmp_path / 'shared' / 'tune.db'}")
+    procs = [subprocess.Popen(_tune_cmd(cfg, tmp_path, "--storage", storage, "--n-trials", "5",
+                                        "--cell-types", "cort", "--worker-index", str(k)),
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for k in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        assert "cort" in out
+    study = optuna.load_study(study_name=study_name(EXP, "deep", "cort"),
+                              storage=make_storage(storage, cfg.experiment_dir()))
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 10 and len(study.trials) == 10
+
+
+def test_missing_oof_is_a_clear_error(cfg, tmp_path, capsys, monkeypatch):
+    import tune
+
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    shutil.rmtree(tmp_path / "out")
+    code = tune.main(["--exp", EXP, "--data-dir", cfg.data.root, "--set",
+                      f"output_dir={tmp_path / 'out'}", "--n-trials", "1", "--no-plots"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: no out-of-fold predictions") and "src/train.py --fold" in err
+    assert "Traceback" not in err
+
+
+def test_cell_type_without_oof_is_skipped_or_an_error(cfg):
+    for path in (cfg.experiment_dir()).glob("fold*/oof/*.npz"):
+        if TrainData(cfg.data.root).cell_type(path.stem) == "cort":
+            path.unlink()
+    with pytest.warns(UserWarning, match="no OOF images of cell type 'cort'"):
+        report = run_tuning(cfg, n_trials=1, plots=False, log=None)
+    assert [r.cell_type for r in report.results] == ["shsy5y", "astro"]
+    with pytest.raises(TuningError, match=r"no OOF images of cell type\(s\) \['cort'\]"):
+        run_tuning(cfg, n_trials=1, cell_types=["cort"], plots=False, log=None)
+
+
+def test_classical_tuning_writes_its_own_file(cfg):
+    t0 = time.perf_counter()
+    report = run_tuning(cfg, method="classical", n_trials=3, plots=False, log=None)
+    assert time.perf_counter() - t0 < 20
+    assert report.output_path.name == "postprocess_classical.yaml"
+    assert not (cfg.experiment_dir() / "postprocess.yaml").exists()
+    doc = yaml.safe_load(report.output_path.read_text())
+    assert doc["method"] == "classical"
+    for cell_type in CELL_TYPES:
+        entry = doc["cell_types"][cell_type]
+        assert set(entry["params"]) == set(CLASSICAL_SEARCH_SPACE)
+        assert entry["oof_score"] >= entry["default_score"] and entry["n_trials"] == 3
+        assert _study(cfg, cell_type, method="classical").trials[0].params["polarity"] == "dark"
+
+
+def test_storage_specs(tmp_path):
+    journal = make_storage(f"journal:{tmp_path / 'a' / 'j.log'}", tmp_path)
+    assert isinstance(journal, optuna.storages.JournalStorage)
+    assert isinstance(make_storage(str(tmp_path / "b.db"), tmp_path), optuna.storages.RDBStorage)
+    assert isinstance(make_storage(None, tmp_path / "exp"), optuna.storages.RDBStorage)
+    assert (tmp_path / "exp" / "tuning.db").is_file()
+    with pytest.raises(TuningError, match="expected an Optuna storage URL"):
+        make_storage("nonsense", tmp_path)
+    assert "secret" not in describe_storage("postgresql://me:secret@host:5432/db")
