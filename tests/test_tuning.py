@@ -194,6 +194,12 @@ def test_classical_tuning_writes_its_own_file(cfg):
         assert set(entry["params"]) == set(CLASSICAL_SEARCH_SPACE)
         assert entry["oof_score"] >= entry["default_score"] and entry["n_trials"] == 3
         assert _study(cfg, cell_type, method="classical").trials[0].params["polarity"] == "dark"
+    # With no OOF maps at all, the classical baseline takes the fold images from folds.csv.
+    for fold_dir in cfg.experiment_dir().glob("fold*"):
+        shutil.rmtree(fold_dir)
+    report = run_tuning(cfg, method="classical", n_trials=1, cell_types=["cort"], plots=False,
+                        log=None)
+    assert report.results[0].n_images == 3 and report.results[0].n_trials == 4
 
 
 def test_storage_specs(tmp_path):
@@ -205,3 +211,19 @@ def test_storage_specs(tmp_path):
     with pytest.raises(TuningError, match="expected an Optuna storage URL"):
         make_storage("nonsense", tmp_path)
     assert "secret" not in describe_storage("postgresql://me:secret@host:5432/db")
+
+
+def test_cli_uses_the_experiments_saved_config(cfg, tmp_path, monkeypatch):
+    import tune
+    from cellseg.config import save_config
+
+    saved = load_config(None, [f"name={EXP}", f"output_dir={tmp_path / 'out'}",
+                               "postprocess.min_area=33", "tune.n_trials=7"])
+    save_config(saved, tmp_path / "out" / EXP / "fold0" / "config.yaml")
+    monkeypatch.chdir(tmp_path)  # no configs/default.yaml here
+    args = tune.parse_args(["--exp", EXP, "--set", f"output_dir={tmp_path / 'out'}",
+                            "--n-trials", "2", "--data-dir", "elsewhere"])
+    resolved, source = tune.resolve_config(args)
+    assert "fold0/config.yaml" in source
+    assert resolved.postprocess.min_area == 33  # from the experiment's config
+    assert (resolved.tune.n_trials, resolved.data.root) == (2, "elsewhere")  # CLI wins

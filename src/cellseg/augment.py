@@ -23,7 +23,16 @@ def build_augment(cfg: AugmentConfig, seed: int | None = None, train: bool = Tru
         train: False gives just the crop (for deterministic checks).
     """
     size = cfg.crop_size
-    ops: list = [A.RandomCrop(size, size, pad_if_needed=True, border_mode=cv2.BORDER_REFLECT_101)]
+    ops: list = [A.PadIfNeeded(min_height=size, min_width=size,
+                               border_mode=cv2.BORDER_REFLECT_101)]
+    fg = cfg.foreground_crop_p if train else 0.0
+    if fg > 0:
+        # Sparse images (cort: ~30 small cells) give mostly empty random crops; centring some
+        # crops on annotated pixels spends the few CPU/GPU steps on cells.
+        ops.append(A.OneOf([A.CropNonEmptyMaskIfExists(size, size, p=fg),
+                            A.RandomCrop(size, size, p=max(1.0 - fg, 1e-6))], p=1.0))
+    else:
+        ops.append(A.RandomCrop(size, size))
     if train:
         if cfg.flips:
             ops += [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]

@@ -51,6 +51,7 @@ class AugmentConfig:
     """Training augmentation (albumentations)."""
 
     crop_size: int = 256
+    foreground_crop_p: float = 0.7  # share of crops centred on an annotated pixel
     flips: bool = True
     rotate90: bool = True
     shift_scale_rotate: bool = True
@@ -82,6 +83,7 @@ class TrainConfig:
     mixed_precision: bool = False
     xla: bool = False
     workers: int = 2
+    balance_cell_types: bool = True  # sample the cell type uniformly, then an image of it
     distribute: str = "auto"  # auto | none | mirrored | multiworker (TF_CONFIG)
     cpu_replicas: int = 0  # >1: mirror over this many logical CPU devices (testing)
     time_budget_min: float = 0.0  # stop training after this many minutes (0 = no limit)

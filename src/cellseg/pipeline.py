@@ -86,6 +86,17 @@ class TrainBatches(keras.utils.PyDataset):
         self.seed = cfg.seed if seed is None else seed
         self.epoch = 0
         self._local = threading.local()
+        by_type: dict[str, list[int]] = {}
+        for i, sample in enumerate(samples):
+            by_type.setdefault(sample.cell_type, []).append(i)
+        self._by_type = [np.array(v) for _, v in sorted(by_type.items())]
+
+    def _pick(self, rng: np.random.Generator) -> Sample:
+        """A random image; with ``balance_cell_types`` each type is equally likely first."""
+        if self.cfg.train.balance_cell_types:
+            group = self._by_type[int(rng.integers(len(self._by_type)))]
+            return self.samples[int(group[rng.integers(group.size)])]
+        return self.samples[int(rng.integers(len(self.samples)))]
 
     def __len__(self) -> int:
         return self.steps
@@ -109,7 +120,7 @@ class TrainBatches(keras.utils.PyDataset):
         t = np.empty((self.batch_size, size, size, n_targets), np.float32)
         types = np.empty(self.batch_size, np.int64)
         for b in range(self.batch_size):
-            s = self.samples[int(rng.integers(len(self.samples)))]
+            s = self._pick(rng)
             aug.set_random_seed(int(rng.integers(2**31 - 1)))
             image, targets = augment.apply(aug, s.image, s.targets)
             x[b, ..., 0] = normalize_image(image)

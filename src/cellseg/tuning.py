@@ -52,6 +52,7 @@ import signal
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +89,10 @@ PLOTS_DIR = "tuning"
 SEARCH_SPACES: Mapping[str, Mapping[str, SearchRange]] = {
     "deep": DEEP_SEARCH_SPACE, "classical": CLASSICAL_SEARCH_SPACE}
 
-_TRAIN_HINT = "python src/train.py --fold K --config CONFIG"
+
+def _train_hint(exp_dir: Path, fold: int | str = "K") -> str:
+    """The command that writes an experiment's OOF predictions (for error messages)."""
+    return f"python src/train.py --fold {fold} --config CONFIG --exp {Path(exp_dir).name}"
 
 
 class TuningError(ValueError):
@@ -212,23 +216,29 @@ class Evaluator:
     """Scores parameter sets on cached :class:`EvalSet` s, serially or in a process pool.
 
     Why a pool created once: a trial scores every OOF image of a type (~155 shsy5y images at
-    ~40 ms each), so spreading one trial's images over processes cuts its wall time; creating
-    the pool (and shipping the cache) per trial would cost more than it saves.
+    ~0.1 s each on one core: decode + metric), so spreading one trial's images over processes
+    cuts its wall time; creating the pool (and shipping the cache) per trial would cost more
+    than it saves.
 
     Use as a context manager (or call :meth:`close`) so the worker processes end.
     """
 
     def __init__(self, sets: Mapping[str, EvalSet], n_jobs: int = 1,
-                 chunks_per_job: int = 3) -> None:
+                 chunks_per_job: int = 3, start_method: str | None = None) -> None:
         """Args:
             sets: cell type -> images to score.
             n_jobs: processes per trial; 1 = serial in this process (no pool).
             chunks_per_job: tasks per process and trial; > 1 evens out unequal images.
+            start_method: multiprocessing start method of the pool; None = "fork" on Linux
+                (the cache is shared copy-on-write, nothing is copied), else "spawn" (the
+                cache is pickled once per worker).
         """
         if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
             raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
         self.sets = dict(sets)
         self.n_jobs = n_jobs
+        self.start_method = start_method or ("fork" if sys.platform.startswith("linux")
+                                             else "spawn")
         self._chunks: dict[str, list[list[int]]] = {}
         for cell_type, eval_set in self.sets.items():
             n_chunks = max(1, min(len(eval_set), n_jobs * max(1, chunks_per_job)))
@@ -241,10 +251,7 @@ class Evaluator:
             self._pool = self._start_pool()
 
     def _start_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        # fork shares the cache with the workers at no copy cost; elsewhere (macOS, Windows)
-        # spawn pickles it once per worker.
-        method = "fork" if sys.platform.startswith("linux") else "spawn"
-        ctx = multiprocessing.get_context(method)
+        ctx = multiprocessing.get_context(self.start_method)
         pool = concurrent.futures.ProcessPoolExecutor(
             max_workers=self.n_jobs, mp_context=ctx, initializer=_init_worker,
             initargs=(self.sets,))
@@ -341,15 +348,15 @@ def collect_oof(exp_dir: str | os.PathLike, data: TrainData,
         extra = f" (folds with OOF predictions: {trained})" if trained else ""
         raise TuningError(
             f"no out-of-fold predictions for {which} in {exp_dir}{extra}: expected "
-            f"{exp_dir}/fold<K>/{oof.OOF_DIRNAME}/<image id>.npz. `{_TRAIN_HINT}` writes them "
-            f"when it finishes a fold (use the same --exp / config name)")
+            f"{exp_dir}/fold<K>/{oof.OOF_DIRNAME}/<image id>.npz; "
+            f"`{_train_hint(exp_dir)}` writes them when it finishes a fold")
     grouped: dict[str, list[tuple[int, str, Path]]] = {}
     seen: dict[str, Path] = {}
     for fold, image_id, path in found:
         if image_id in seen:
-            raise TuningError(f"image {image_id!r} has OOF predictions in two folds: {seen[image_id]}"
-                              f" and {path}; an image is validated in one fold only (was "
-                              f"folds.csv changed between trainings?)")
+            raise TuningError(f"image {image_id!r} has OOF predictions in two folds: "
+                              f"{seen[image_id]} and {path}; an image is validated in one fold "
+                              f"only (was folds.csv changed between trainings?)")
         seen[image_id] = path
         try:
             cell_type = data.cell_type(image_id)
@@ -415,17 +422,18 @@ def load_eval_sets(
             raise TuningError(f"cannot read the training data (truth for the OOF images): "
                               f"{exc}") from None
     exp_dir = cfg.experiment_dir()
-    try:
-        grouped = collect_oof(exp_dir, data, folds)
-    except TuningError:
-        if method != "classical":
-            raise
-        grouped = _collect_from_folds_csv(data, folds)
-        if not grouped:
-            raise
+    has_oof = next(iter(oof.iter_oof_files(exp_dir, folds)), None) is not None
+    if method == "classical" and not has_oof:
+        try:
+            grouped = _collect_from_folds_csv(data, folds)
+        except DataError as exc:
+            raise TuningError(f"no OOF predictions in {exp_dir} to take the image ids from, "
+                              f"and no usable folds.csv: {exc}") from None
         if log:
             log(f"no OOF predictions in {exp_dir}: tuning the classical baseline on the images "
                 f"of folds {folds or 'all'} from {data.root / 'folds.csv'}")
+    else:
+        grouped = collect_oof(exp_dir, data, folds)
     missing = [t for t in wanted if t not in grouped]
     present = [t for t in wanted if t in grouped]
     if not present:
@@ -433,7 +441,7 @@ def load_eval_sets(
         raise TuningError(
             f"no OOF images of cell type(s) {wanted} in {exp_dir} (folds {folds or 'all'}); "
             f"OOF images per type there: {have}. Train the folds that hold them "
-            f"(`{_TRAIN_HINT}`) or choose other --cell-types / --folds")
+            f"(`{_train_hint(exp_dir)}`) or choose other --cell-types / --folds")
     for cell_type in missing:
         warnings.warn(f"no OOF images of cell type {cell_type!r} in {exp_dir} (folds "
                       f"{folds or 'all'}): skipping it; its parameters stay at the defaults",
@@ -444,16 +452,25 @@ def load_eval_sets(
         ids, fold_list, inputs, truths = [], [], [], []
         for fold, image_id, path in grouped[cell_type]:
             shape = data.shape(image_id)
-            if method == "deep":
-                probs, _ = oof.load_oof(path)
-                if probs.ndim != 3 or probs.shape[:2] != shape:
-                    raise TuningError(
-                        f"{path}: OOF maps have shape {probs.shape}, expected {shape[0]} x "
-                        f"{shape[1]} x C (the image's height x width from {data.csv_path.name})")
-                x = oof.quantize(probs)  # exact: the file holds uint8 / 255
-            else:
-                x = data.load_image(image_id)
-            inst = data.load_instances(image_id)
+            try:
+                if method == "deep":
+                    probs, _ = oof.load_oof(path)
+                    if probs.ndim != 3 or probs.shape[:2] != shape:
+                        raise TuningError(
+                            f"{path}: OOF maps have shape {probs.shape}, expected {shape[0]} x "
+                            f"{shape[1]} x C (height x width of image {image_id} in "
+                            f"{data.csv_path.name})")
+                    x = oof.quantize(probs)  # exact: the file holds uint8 / 255
+                else:
+                    x = data.load_image(image_id)
+                inst = data.load_instances(image_id)
+            except TuningError:
+                raise
+            except DataError as exc:
+                raise TuningError(str(exc)) from None
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise TuningError(f"{path}: unreadable OOF file for image {image_id} ({exc}); "
+                                  f"re-run `{_train_hint(exp_dir, fold)}`") from None
             ids.append(image_id)
             fold_list.append(int(fold))
             inputs.append(x)
@@ -516,6 +533,33 @@ def _sqlite_connect(path: str) -> Any:
     return conn
 
 
+def parse_storage(spec: str | None, exp_dir: str | os.PathLike) -> tuple[str, str]:
+    """Check a ``--storage`` value without opening it: ("journal", file path) or ("rdb", URL).
+
+    Why separate from :func:`make_storage`: a typo should fail before minutes of loading.
+    See :func:`make_storage` for the accepted forms.
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        return "rdb", default_storage(exp_dir)
+    if spec.startswith("journal:"):
+        path = spec[len("journal:"):]
+        if path.startswith("//"):  # journal:///abs/path
+            path = path[2:]
+        if not path:
+            raise TuningError("--storage journal:PATH: the journal file path is empty")
+        return "journal", path
+    if "://" in spec:
+        return "rdb", spec
+    if spec.endswith((".log", ".jsonl", ".journal")):
+        return "journal", spec
+    if spec.endswith((".db", ".sqlite", ".sqlite3")):
+        return "rdb", f"sqlite:///{Path(spec).resolve()}"
+    raise TuningError(
+        f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///file.db, "
+        f"postgresql://..., mysql://...) or a journal file (journal:/path/file.log)")
+
+
 def make_storage(spec: str | None, exp_dir: str | os.PathLike,
                  heartbeat_interval: int = 60) -> Any:
     """Open an Optuna storage from a URL or a journal file path.
@@ -539,28 +583,9 @@ def make_storage(spec: str | None, exp_dir: str | os.PathLike,
     """
     import optuna
 
-    spec = (spec or "").strip()
-    if not spec:
-        Path(exp_dir).mkdir(parents=True, exist_ok=True)
-        spec = default_storage(exp_dir)
-    journal_path: str | None = None
-    if spec.startswith("journal:"):
-        journal_path = spec[len("journal:"):]
-        if journal_path.startswith("//"):  # journal:///abs/path
-            journal_path = journal_path[2:]
-    elif "://" not in spec:
-        if spec.endswith((".log", ".jsonl", ".journal")):
-            journal_path = spec
-        elif spec.endswith((".db", ".sqlite", ".sqlite3")):
-            spec = f"sqlite:///{Path(spec).resolve()}"
-        else:
-            raise TuningError(
-                f"--storage {spec!r}: expected an Optuna storage URL (sqlite:///file.db, "
-                f"postgresql://..., mysql://...) or a journal file (journal:/path/file.log)")
-    if journal_path is not None:
-        if not journal_path:
-            raise TuningError("--storage journal:PATH: the journal file path is empty")
-        path = Path(journal_path)
+    kind, target = parse_storage(spec, exp_dir)
+    if kind == "journal":
+        path = Path(target)
         path.parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
@@ -570,10 +595,11 @@ def make_storage(spec: str | None, exp_dir: str | os.PathLike,
         except OSError as exc:
             raise TuningError(f"cannot open the journal file {path}: {exc}") from None
 
+    spec = target
     engine_kwargs: dict[str, Any] = {}
     if spec.startswith("sqlite"):
-        db_path = spec.split(":///", 1)[-1]
-        if db_path and db_path != ":memory:":
+        db_path = spec[len("sqlite:///"):] if spec.startswith("sqlite:///") else ""
+        if db_path and db_path != ":memory:" and "?" not in db_path:
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
             _sqlite_wal(Path(db_path))
             engine_kwargs["creator"] = functools.partial(_sqlite_connect, db_path)
@@ -743,7 +769,8 @@ def tune_cell_type(
         storage: an Optuna storage (see :func:`make_storage`).
         name: the study name (:func:`study_name`).
         defaults: the untuned parameters; the ones in ``space`` are enqueued as the first trial
-            of a new study, so the best is never worse than the defaults.
+            of a new study (or the next, if the study has not tried them yet), so the best is
+            never worse than the defaults.
         space: knobs to tune; knobs not in it stay at ``defaults``.
         n_trials: trials this process runs (other workers add their own); None = until
             ``timeout``; 0 = none (just report the study's best).
@@ -764,7 +791,8 @@ def tune_cell_type(
     study, n_existing = _open_study(storage, name, eval_set, seed, worker_index,
                                     storage_label or "the storage")
     start_params = {k: _plain(defaults[k]) for k in space if k in defaults}
-    if n_existing == 0 and start_params:
+    if start_params and (n_trials is None or n_trials > 0):
+        # First trial of a new study; also later if the config's defaults changed since.
         study.enqueue_trial(start_params, skip_if_exists=True)
     if log:
         more = "until the timeout" if n_trials is None else f"{n_trials} more"
@@ -941,6 +969,7 @@ def run_tuning(
         raise TuningError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     exp_dir = cfg.experiment_dir()
     folds = _parse_folds(folds)
+    parse_storage(storage, exp_dir)  # fail on a typo before loading the images
     sets = load_eval_sets(cfg, method, folds, cell_types, data=data, log=log)
     defaults = method_defaults(cfg, method)
     space = SEARCH_SPACES[method]
@@ -1008,6 +1037,7 @@ __all__ = [
     "load_eval_sets",
     "make_storage",
     "method_defaults",
+    "parse_storage",
     "run_tuning",
     "sampler_seed",
     "save_plots",

@@ -1,0 +1,107 @@
+import numpy as np
+import pytest
+
+from cellseg import rle
+from cellseg.config import AugmentConfig, load_config
+from cellseg.augment import apply, build_augment
+from cellseg.data import decode_instances
+from cellseg.pipeline import Sample, TrainBatches
+from cellseg.targets import TargetCache, annotation_key, make_targets
+
+
+def box(shape, y0, y1, x0, x1):
+    m = np.zeros(shape, bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_border_band_between_touching_cells_only():
+    s = (20, 30)
+    a, b, c = box(s, 5, 15, 2, 10), box(s, 5, 15, 10, 18), box(s, 5, 15, 24, 28)
+    inst = decode_instances([rle.encode(m) for m in (a, b, c)], s)
+    t = make_targets(inst, radius=1)
+    assert t.dtype == np.uint8 and t.shape == (20, 30, 2)
+    np.testing.assert_array_equal(t[..., 0].astype(bool), a | b | c)
+    border = t[..., 1].astype(bool)
+    assert border[8, 9] and border[8, 10]  # where a meets b
+    assert not border[:, 20:].any()  # the isolated cell c has no touching band
+    assert not border[8, 5] and not border[8, 14]  # cell interiors
+
+
+def test_overlap_pixels_are_border():
+    s = (12, 12)
+    a, b = box(s, 0, 6, 0, 6), box(s, 4, 10, 4, 10)
+    inst = decode_instances([rle.encode(a), rle.encode(b)], s)
+    t = make_targets(inst, radius=1)
+    assert t[..., 1][inst.overlap].all()
+
+
+def test_target_cache_roundtrip_and_key(tmp_path):
+    s = (10, 10)
+    rows = [rle.encode(box(s, 1, 4, 1, 4))]
+    calls = []
+
+    def instances():
+        calls.append(1)
+        return decode_instances(rows, s)
+
+    cache = TargetCache(tmp_path)
+    first = cache.get("img", rows, instances)
+    second = cache.get("img", rows, instances)
+    np.testing.assert_array_equal(first, second)
+    assert len(calls) == 1  # second read came from disk
+    assert annotation_key(rows) != annotation_key([rle.encode(box(s, 1, 5, 1, 4))])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_augmentation_keeps_image_and_targets_aligned(seed):
+    # The image encodes its own coordinates; targets are a binary version of the same pattern.
+    rng = np.random.default_rng(seed)
+    h, w = 96, 128
+    image = np.zeros((h, w), np.uint8)
+    targets = np.zeros((h, w, 2), np.uint8)
+    for _ in range(8):
+        y, x = rng.integers(8, h - 8), rng.integers(8, w - 8)
+        image[y - 4:y + 4, x - 4:x + 4] = 255
+        targets[y - 4:y + 4, x - 4:x + 4, 0] = 1
+    cfg = AugmentConfig(crop_size=64, brightness_contrast=0.0, gamma=False, blur=False,
+                        noise=False)
+    aug = build_augment(cfg, seed=seed)
+    for _ in range(10):
+        out_img, out_t = apply(aug, image, targets)
+        assert out_img.shape == (64, 64) and out_t.shape == (64, 64, 2)
+        assert set(np.unique(out_t)) <= {0, 1}  # nearest interpolation for targets
+        bright = out_img > 127
+        # Away from the interpolated edges, bright image pixels are exactly the target pixels.
+        agree = (bright == out_t[..., 0].astype(bool)).mean()
+        assert agree > 0.97
+
+
+def test_train_batches_shapes_and_reproducibility():
+    cfg = load_config(None, ["augment.crop_size=32", "train.batch_size=3",
+                             "train.steps_per_epoch=2"])
+    rng = np.random.default_rng(0)
+    samples = [Sample(f"id{k}", t, rng.integers(0, 255, (40, 50), dtype=np.uint8),
+                      (rng.random((40, 50, 2)) > 0.5).astype(np.uint8))
+               for k, t in enumerate(["shsy5y", "astro", "cort", "cort", "cort"])]
+    names = ["seg1", "seg2", "cell_type"]
+    x, y = TrainBatches(samples, cfg, names, workers=1)[1]
+    x2, y2 = TrainBatches(samples, cfg, names, workers=1)[1]
+    assert x.shape == (3, 32, 32, 1) and x.dtype == np.float32
+    assert y["seg1"].shape == (3, 32, 32, 2) and y["cell_type"].shape == (3,)
+    np.testing.assert_array_equal(x, x2)
+    np.testing.assert_array_equal(y["cell_type"], y2["cell_type"])
+    assert abs(float(x.mean())) < 0.5  # per-crop normalisation
+
+
+def test_balanced_sampling_draws_rare_types():
+    cfg = load_config(None, ["augment.crop_size=32", "train.batch_size=8"])
+    rng = np.random.default_rng(0)
+    samples = [Sample(f"c{k}", "cort", rng.integers(0, 255, (40, 50), dtype=np.uint8),
+                      np.zeros((40, 50, 2), np.uint8)) for k in range(18)]
+    samples += [Sample("s0", "shsy5y", rng.integers(0, 255, (40, 50), dtype=np.uint8),
+                       np.zeros((40, 50, 2), np.uint8))]
+    batches = TrainBatches(samples, cfg, ["seg1", "cell_type"], workers=1)
+    types = np.concatenate([batches[i][1]["cell_type"] for i in range(20)])
+    share = float((types == 0).mean())  # shsy5y is index 0: 1 of 19 images
+    assert 0.35 < share < 0.65
