@@ -83,7 +83,7 @@ def test_training_writes_every_output(trained):
 def test_saved_model_reloads_and_predicts_the_same(trained):
     import keras
 
-    import cellseg.training  # noqa: F401  (registers custom objects)
+    import cellseg.schedules  # noqa: F401  (registers custom objects)
     from cellseg.predict import predict_images
 
     tmp, *_ = trained

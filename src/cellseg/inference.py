@@ -173,13 +173,13 @@ def resolve_config(
 def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
     """Load Keras models in safe mode (untrusted files; DESIGN.md section 8).
 
-    Importing ``cellseg.model``, ``cellseg.losses`` and ``cellseg.training`` registers the
+    Importing ``cellseg.model``, ``cellseg.losses`` and ``cellseg.schedules`` registers the
     project's custom layers, losses and schedules. ``compile=False``: inference needs neither
     the optimizer nor the losses, and skipping them is faster and avoids optimizer warnings.
     """
     import keras
 
-    from . import losses, model, training  # noqa: F401  (registers custom objects)
+    from . import losses, model, schedules  # noqa: F401  (registers custom objects)
 
     out = []
     for path in paths:

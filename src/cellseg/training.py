@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -42,6 +41,7 @@ from .metric import match
 from .model import build_model, output_names
 from .pipeline import Sample, TrainBatches, load_samples
 from .postprocess import decode_with_params
+from .schedules import WarmupCosine
 from .predict import normalize_image, predict_images
 from .viz import plot_curves
 
@@ -53,33 +53,6 @@ RESULT_FILE = "result.json"
 
 class TrainingError(RuntimeError):
     """A fold cannot be trained as asked (existing run, missing folds, ...)."""
-
-
-@keras.saving.register_keras_serializable(package="cellseg")
-class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``peak * floor``.
-
-    A schedule of the optimizer step, so it continues exactly after ``--resume``.
-    """
-
-    def __init__(self, peak: float, warmup_steps: int, total_steps: int, floor: float = 0.01):
-        self.peak = float(peak)
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = int(max(total_steps, warmup_steps + 1))
-        self.floor = float(floor)
-
-    def __call__(self, step):
-        step = keras.ops.cast(step, "float32")
-        warm = self.peak * (step + 1.0) / float(max(self.warmup_steps, 1))
-        progress = (step - self.warmup_steps) / float(self.total_steps - self.warmup_steps)
-        progress = keras.ops.clip(progress, 0.0, 1.0)
-        cosine = self.peak * (self.floor + (1 - self.floor) * 0.5
-                              * (1.0 + keras.ops.cos(math.pi * progress)))
-        return keras.ops.where(step < self.warmup_steps, warm, cosine)
-
-    def get_config(self) -> dict[str, Any]:
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
-                "total_steps": self.total_steps, "floor": self.floor}
 
 
 # --------------------------------------------------------------------------- distribution
