@@ -5,9 +5,11 @@ Why: ``tune.py`` runs ~150 trials per cell type, each scoring every OOF image of
 tuning run takes and whether ``tune.n_jobs`` (processes scoring one trial's images) pays off
 on this machine.
 
-Inputs are synthetic but shaped like the real data: 520 x 704 OOF body / border probability
-maps drawn from random ellipses (the generator of ``bench_postprocess.py``: shsy5y ~300 cells,
-cort ~30, astro ~80 per image) and, for ``--method classical``, phase-contrast-like images.
+Inputs are synthetic but shaped like the real data: 520 x 704 images from ``cellseg.synthetic``
+(per-type cell counts and shapes drawn from the real statistics: shsy5y ~320 touching cells,
+cort ~30, astro ~70 per image, with overlapping annotations), turned into soft, noisy OOF body /
+border probability maps (``bench_postprocess.probability_maps``); ``--method classical`` tunes
+on the synthetic phase-contrast images themselves.
 Each setting runs a fresh study (TPE, seeded; the defaults as trial 0) in a temporary SQLite
 storage, as ``tune.py`` does by default; the same seed gives the same trials for n_jobs=1 and
 2, so the best scores must agree (printed as a check).
@@ -50,6 +52,11 @@ from bench_postprocess import (  # noqa: E402
     probability_maps,
 )
 from cellseg import fileio, oof  # noqa: E402
+
+try:
+    from cellseg import synthetic  # noqa: E402
+except ImportError:  # an older checkout: fall back to bench_postprocess's ellipses
+    synthetic = None
 from cellseg.config import Config  # noqa: E402
 from cellseg.tuning import (  # noqa: E402
     SEARCH_SPACES,
@@ -61,21 +68,51 @@ from cellseg.tuning import (  # noqa: E402
 )
 
 
+def _truth_pixels(labels: np.ndarray, extra_label: np.ndarray | None = None,
+                  extra_index: np.ndarray | None = None) -> list[np.ndarray]:
+    """Per-cell sorted flat pixel indices (int32) of a label image plus doubly-owned pixels."""
+    flat = labels.ravel()
+    idx = np.flatnonzero(flat)
+    owner = flat[idx]
+    if extra_label is not None and extra_index is not None and extra_label.size:
+        idx = np.concatenate([idx, extra_index])
+        owner = np.concatenate([owner, extra_label])
+    order = np.lexsort((idx, owner))
+    idx, owner = idx[order].astype(np.int32), owner[order]
+    counts = np.bincount(owner, minlength=int(labels.max()) + 1)[1:]
+    return [p for p in np.split(idx, np.cumsum(counts)[:-1]) if p.size]
+
+
+def synthetic_image(cell_type: str, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """(label image, phase-contrast image, per-cell truth pixels) of one 520 x 704 image.
+
+    ``cellseg.synthetic`` (real per-type cell counts and shapes, touching shsy5y clusters,
+    overlapping annotations) when the package has it; else ``bench_postprocess``'s ellipses.
+    """
+    if synthetic is not None:
+        image, inst = synthetic.make_image(cell_type, rng)
+        return inst.labels, image, _truth_pixels(inst.labels, inst.extra_label,
+                                                 inst.extra_index)
+    spec = SPECS[cell_type]
+    labels = draw_cells(rng, spec["n"], spec["long"], spec["short"], spec["overlap"])
+    return labels, phase_contrast_image(labels, rng), _truth_pixels(labels)
+
+
 def make_eval_set(cell_type: str, method: str, n_images: int, rng: np.random.Generator
                   ) -> EvalSet:
-    """``n_images`` synthetic images of one type, cached as tune.py caches OOF images."""
-    spec = SPECS[cell_type]
+    """``n_images`` synthetic images of one type, cached as tune.py caches OOF images.
+
+    Deep inputs are soft, noisy body / touching-border maps drawn from the truth (as a trained
+    network's sigmoid outputs look), quantised to uint8 like the OOF files.
+    """
     ids, inputs, truths = [], [], []
     for k in range(n_images):
-        labels = draw_cells(rng, spec["n"], spec["long"], spec["short"], spec["overlap"])
-        flat = labels.ravel()
-        order = np.argsort(flat, kind="stable")
-        counts = np.bincount(flat, minlength=int(labels.max()) + 1)
-        pixels = np.split(order[counts[0]:].astype(np.int32), np.cumsum(counts[1:])[:-1])
+        labels, image, pixels = synthetic_image(cell_type, rng)
         if method == "deep":
             inputs.append(oof.quantize(probability_maps(labels, rng)))
         else:
-            inputs.append(phase_contrast_image(labels, rng))
+            inputs.append(image)
         truths.append(pixels)
         ids.append(f"{cell_type}{k:03d}")
     return EvalSet(method, cell_type, ids, [0] * n_images, inputs, truths)
@@ -175,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         "trials_per_study": args.trials,
         "n_jobs": jobs,
         "storage": "SQLite file (WAL), as tune.py's default",
+        "generator": "cellseg.synthetic.make_image" if synthetic is not None
+                     else "bench_postprocess.draw_cells (ellipses)",
         "seed": args.seed,
         "machine": {
             "platform": platform.platform(),
