@@ -10,6 +10,8 @@ UNet++) is a trade of accuracy against cost; this measures the cost side with on
   of ``--repeats`` calls after warm-up;
 * one training step (``train_on_batch``, AdamW, the project's losses and metrics) on 2 crops
   of 256 x 256;
+* all models are timed round-robin (one call of each per round, ``--repeats`` rounds, the
+  median per model), so a job that starts on a shared machine slows every row alike;
 * UNet++ pruning: the sub-network up to ``X^{0,L}`` for L = 1..D-1 (``prune=L`` at
   inference), for the deep-supervised UNet++ variants;
 * achieved FLOP/s of the forward pass: FLOPs counted from the traced TensorFlow graph (every
@@ -28,7 +30,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
+import io
 import os
 import sys
 import traceback
@@ -117,14 +120,14 @@ def time_forward(model: Any, x: np.ndarray, repeats: int) -> common.Timing:
     return t
 
 
-def time_train_step(model: Any, crop: int, batch: int, repeats: int) -> common.Timing:
-    """Median ``train_on_batch`` time with the project's optimiser, losses and metrics."""
+def _train_step_fn(model: Any, crop: int, batch: int) -> Any:
+    """A ``train_on_batch`` call with the project's optimiser, losses and metrics."""
     import keras
 
     from cellseg.config import TrainConfig
     from cellseg.constants import CELL_TYPES
     from cellseg.losses import compile_kwargs
-    from cellseg.model import CELL_TYPE_OUTPUT, output_names
+    from cellseg.model import CELL_TYPE_OUTPUT, model_info, output_names
 
     cfg = TrainConfig()
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3,
@@ -132,110 +135,137 @@ def time_train_step(model: Any, crop: int, batch: int, repeats: int) -> common.T
                   **compile_kwargs(model, cfg))
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, crop, crop, 1)).astype(np.float32)
+    n_targets = model_info(model).n_targets
     y: dict[str, np.ndarray] = {}
-    n_targets = model.get_layer(output_names(model)[0] + "_logits").filters \
-        if output_names(model)[0].startswith("seg") else 2
     for name in output_names(model):
         if name == CELL_TYPE_OUTPUT:
             y[name] = rng.integers(0, len(CELL_TYPES), size=(batch,)).astype(np.int32)
         else:
             y[name] = (rng.random((batch, crop, crop, n_targets)) > 0.7).astype(np.float32)
-    t, _ = common.time_call(lambda: model.train_on_batch(x, y), repeats, warmup=2)
-    return t
+    return lambda: model.train_on_batch(x, y)
 
 
-def bench_variant(key: str, widths: list[int], x: np.ndarray, repeats: int,
-                  train_repeats: int, crop: int, ceiling: float, prune: bool = True
-                  ) -> dict[str, Any]:
-    """Every measurement of one ablation variant."""
-    import keras
+def interleaved(calls: dict[str, Any], repeats: int, warmup: int = 2
+                ) -> dict[str, common.Timing]:
+    """Time several calls round-robin: warm-up each, then ``repeats`` rounds of one call each.
 
-    from cellseg.config import ModelConfig
-    from cellseg.model import build_model
-    from cellseg.predict import pruned
-
-    label, nested, attention, ds = VARIANTS[key]
-    cfg = ModelConfig(widths=list(widths), nested=nested, attention=attention,
-                      deep_supervision=ds, cell_type_head=True)
-    keras.utils.set_random_seed(0)
-    model = build_model(cfg, name=key)
-    shape = tuple(x.shape)
-    fwd = time_forward(model, x, repeats)
-    flops = graph_flops(lambda t: model(t, training=False), shape)
-    row: dict[str, Any] = {
-        "variant": key, "label": label, "nested": nested, "attention": attention,
-        "deep_supervision": ds, "params": int(model.count_params()),
-        "forward_ms": fwd.median_ms, "forward_min_ms": 1000 * fwd.min,
-        "gflops": flops / 1e9, "gflops_per_s": flops / fwd.median / 1e9,
-        "pct_of_matmul_ceiling": 100.0 * flops / fwd.median / 1e9 / ceiling,
-    }
-    if prune and nested and ds:
-        depth = len(widths) - 1
-        row["pruned"] = []
-        for level in range(1, depth):
-            sub = pruned(model, level)
-            t = time_forward(sub, x, repeats)
-            f = graph_flops(lambda v, s=sub: s(v, training=False), shape)
-            row["pruned"].append({
-                "level": level, "heads": f"prune={level}", "params": int(sub.count_params()),
-                "forward_ms": t.median_ms, "gflops": f / 1e9,
-                "speedup_vs_full": fwd.median / t.median})
-    train = time_train_step(model, crop, 2, train_repeats)
-    row["train_step_ms"] = train.median_ms
-    del model
-    keras.backend.clear_session()
-    return row
+    Why round-robin: on a shared machine, another job that starts or stops mid-run would
+    otherwise slow down whichever model happened to be measured then, and the ratios between
+    models (the point of the table) would be wrong; interleaving spreads it over all of them.
+    """
+    for fn in calls.values():
+        for _ in range(warmup):
+            fn()
+    timings = {k: common.Timing() for k in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            t, _ = common.time_call(fn, 1, warmup=0)
+            timings[key].times.extend(t.times)
+    return timings
 
 
-def bench_kuc(widths: list[int], x: np.ndarray, repeats: int, ceiling: float
-              ) -> dict[str, Any]:
-    """``keras_unet_collection``'s UNet++ at equal widths; the exact error if it fails."""
-    try:
-        import keras
+def _kuc_model(widths: list[int]) -> Any:
+    """``keras_unet_collection``'s UNet++ with our choices (max-pool, transposed conv, BN,
+    deep supervision)."""
+    with contextlib.redirect_stdout(io.StringIO()):  # it prints its output names
         from keras_unet_collection import models as kuc
 
-        keras.utils.set_random_seed(0)
-        model = kuc.unet_plus_2d((None, None, 1), list(widths), n_labels=2,
-                                 stack_num_down=2, stack_num_up=2, activation="ReLU",
-                                 output_activation="Sigmoid", batch_norm=True, pool=True,
-                                 unpool=False, deep_supervision=True, name="kuc_unetpp")
-        fwd = time_forward(model, x, repeats)
-        flops = graph_flops(lambda t: model(t, training=False), tuple(x.shape))
-        out = {"ok": True, "params": int(model.count_params()), "forward_ms": fwd.median_ms,
-               "gflops": flops / 1e9, "gflops_per_s": flops / fwd.median / 1e9,
-               "pct_of_matmul_ceiling": 100.0 * flops / fwd.median / 1e9 / ceiling}
-        del model
-        keras.backend.clear_session()
-        return out
-    except Exception as exc:  # any failure: record it exactly, skip the row
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=3)}
+        return kuc.unet_plus_2d((None, None, 1), list(widths), n_labels=2,
+                                stack_num_down=2, stack_num_up=2, activation="ReLU",
+                                output_activation="Sigmoid", batch_norm=True, pool=True,
+                                unpool=False, deep_supervision=True, name="kuc_unetpp")
 
 
 def run(widths: list[int], height: int = 528, width: int = 704, repeats: int = 5,
         train_repeats: int = 5, crop: int = 256, variants: list[str] | None = None,
         kuc: bool = True, matmul_n: int = 2048) -> dict[str, Any]:
     """All measurements; returns the results dict."""
+    import keras
     import tensorflow as tf
 
-    ceiling = matmul_ceiling(matmul_n)
-    x = np.random.default_rng(0).standard_normal((1, height, width, 1)).astype(np.float32)
-    rows = [bench_variant(k, widths, x, repeats, train_repeats, crop,
-                          ceiling["gflops_per_s"]) for k in (variants or list(VARIANTS))]
-    out: dict[str, Any] = {
-        "widths": widths, "input": [1, height, width, 1], "train_batch": [2, crop, crop, 1],
-        "matmul_ceiling": ceiling, "variants": rows,
-        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
-                       "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
-    }
+    from cellseg.config import ModelConfig
+    from cellseg.model import build_model
+    from cellseg.predict import pruned
+
+    tf.get_logger().setLevel("ERROR")  # "N calls triggered retracing": one trace per model
+    x = tf.constant(np.random.default_rng(0).standard_normal((1, height, width, 1)).astype(
+        np.float32))
+    shape = (1, height, width, 1)
+    ceiling_start = matmul_ceiling(matmul_n)
+    models: dict[str, Any] = {}
+    rows: dict[str, dict[str, Any]] = {}
+    for key in variants or list(VARIANTS):
+        label, nested, attention, ds = VARIANTS[key]
+        keras.utils.set_random_seed(0)
+        model = build_model(ModelConfig(widths=list(widths), nested=nested,
+                                        attention=attention, deep_supervision=ds,
+                                        cell_type_head=True), name=key)
+        models[key] = model
+        rows[key] = {"variant": key, "label": label, "nested": nested,
+                     "attention": attention, "deep_supervision": ds,
+                     "params": int(model.count_params())}
+        if nested and ds:
+            for level in range(1, len(widths) - 1):
+                models[f"{key}@prune={level}"] = pruned(model, level)
+    ref: dict[str, Any] | None = None
     if kuc:
-        ref = bench_kuc(widths, x, repeats, ceiling["gflops_per_s"])
-        out["keras_unet_collection"] = ref
-        ours = next((r for r in rows if r["variant"] == "unetpp_ds"), None)
-        if ref.get("ok") and ours is not None:
+        try:
+            keras.utils.set_random_seed(0)
+            models["kuc"] = _kuc_model(widths)
+            ref = {"ok": True, "params": int(models["kuc"].count_params())}
+        except Exception as exc:  # any failure: record it exactly, skip the row
+            ref = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
+                   "traceback": traceback.format_exc(limit=3)}
+
+    forward = interleaved({k: (lambda c=_forward_fn(m): c(x)) for k, m in models.items()},
+                          repeats)
+    ceiling_end = matmul_ceiling(matmul_n)
+    ceiling = max(ceiling_start["gflops_per_s"], ceiling_end["gflops_per_s"])
+    flops = {k: graph_flops(lambda t, m=m: m(t, training=False), shape)
+             for k, m in models.items()}
+
+    def perf(key: str) -> dict[str, float]:
+        t = forward[key]
+        return {"forward_ms": t.median_ms, "forward_min_ms": 1000 * t.min,
+                "gflops": flops[key] / 1e9, "gflops_per_s": flops[key] / t.median / 1e9,
+                "pct_of_matmul_ceiling": 100.0 * flops[key] / t.median / 1e9 / ceiling}
+
+    for key, row in rows.items():
+        row.update(perf(key))
+        prunes = sorted(k for k in models if k.startswith(f"{key}@prune="))
+        if prunes:
+            row["pruned"] = []
+            for k in prunes:
+                level = int(k.rsplit("=", 1)[1])
+                row["pruned"].append({"level": level, "heads": f"prune={level}",
+                                      "params": int(models[k].count_params()), **perf(k),
+                                      "speedup_vs_full": forward[key].median
+                                      / forward[k].median})
+    if ref is not None and ref.get("ok"):
+        ref.update(perf("kuc"))
+        if "unetpp_ds" in rows:
+            ours = rows["unetpp_ds"]
             ref["ratio_ours_unetpp_ds_over_kuc_forward_ms"] = ours["forward_ms"] / ref[
                 "forward_ms"]
             ref["ratio_ours_unetpp_ds_over_kuc_params"] = ours["params"] / ref["params"]
+            ref["ratio_ours_unetpp_ds_over_kuc_gflops"] = ours["gflops"] / ref["gflops"]
+
+    train = interleaved({k: _train_step_fn(models[k], crop, 2) for k in rows}, train_repeats)
+    for key, row in rows.items():
+        row["train_step_ms"] = train[key].median_ms
+        row["train_step_min_ms"] = 1000 * train[key].min
+    out: dict[str, Any] = {
+        "widths": widths, "input": list(shape), "train_batch": [2, crop, crop, 1],
+        "matmul_ceiling": {"n": matmul_n, "gflops_per_s": ceiling,
+                           "gflops_per_s_start": ceiling_start["gflops_per_s"],
+                           "gflops_per_s_end": ceiling_end["gflops_per_s"]},
+        "variants": list(rows.values()),
+        "timing": "round-robin over all models (see interleaved())",
+        "tf_threads": {"intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                       "inter_op": tf.config.threading.get_inter_op_parallelism_threads()},
+    }
+    if ref is not None:
+        out["keras_unet_collection"] = ref
     return out
 
 
@@ -256,7 +286,7 @@ def tables(r: dict[str, Any]) -> list[tuple[str, list[str], list[list[Any]]]]:
             pr.append([v["label"], p["heads"], p["params"], p["forward_ms"], p["gflops"],
                        p["speedup_vs_full"]])
         if "pruned" in v:
-            pr.append([v["label"], "full (mean of heads)", v["params"], v["forward_ms"],
+            pr.append([v["label"], "full (all heads)", v["params"], v["forward_ms"],
                        v["gflops"], 1.0])
     if pr:
         out.append(("UNet++ pruning at inference", ["variant", "heads", "params",
@@ -302,8 +332,9 @@ def main(argv: list[str] | None = None) -> int:
           f"training step on 2 x {args.crop} x {args.crop}; matmul ceiling "
           f"{c['gflops_per_s']:.1f} GFLOP/s ({c['n']}x{c['n']} float32)")
     body = [f"Widths {widths}; forward pass: batch 1 x {args.height} x {args.width} "
-            f"(median of {args.repeats} after 2 warm-up calls); training step: 2 crops of "
-            f"{args.crop} x {args.crop} (median of {args.train_repeats}); FLOP/s ceiling = "
+            f"(median of {args.repeats} rounds after 2 warm-up calls, all models "
+            f"round-robin); training step: 2 crops of {args.crop} x {args.crop} (median of "
+            f"{args.train_repeats}); FLOP/s ceiling = "
             f"{c['n']} x {c['n']} float32 matmul at {c['gflops_per_s']:.1f} GFLOP/s "
             f"(measured in this run)."]
     for title, headers, rows in tables(r):
@@ -317,7 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"forward time / theirs = "
                     f"{ref.get('ratio_ours_unetpp_ds_over_kuc_forward_ms', float('nan')):.2f}, "
                     f"params ours / theirs = "
-                    f"{ref.get('ratio_ours_unetpp_ds_over_kuc_params', float('nan')):.2f}")
+                    f"{ref.get('ratio_ours_unetpp_ds_over_kuc_params', float('nan')):.2f}, "
+                    f"GFLOP ours / theirs = "
+                    f"{ref.get('ratio_ours_unetpp_ds_over_kuc_gflops', float('nan')):.2f}")
         else:
             line = f"keras_unet_collection reference skipped: {ref['error']}"
         print(line)
@@ -330,8 +363,10 @@ def main(argv: list[str] | None = None) -> int:
         "same run and process (TensorFlow's default thread pools).",
         "Our models include the cell-type head; keras_unet_collection's has 5 sigmoid "
         "heads (4 deep supervision + final) and no cell-type head.",
-        "Timings on a shared machine: see the load averages above; the ratios (same run) "
-        "are more stable than the absolute numbers.",
+        "Timings on a shared machine: see the load averages above. All models are timed "
+        "round-robin (one call each per round), so the ratios between rows are more stable "
+        "than the absolute numbers. The matmul ceiling is the better of two measurements "
+        "(before and after the forward passes).",
     ]
     report = common.make_report(
         NAME, {"widths": widths, "height": args.height, "width": args.width,

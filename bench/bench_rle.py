@@ -31,6 +31,7 @@ import argparse
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,9 @@ def compare(kept: dict[str, np.ndarray], coco: Any | None) -> dict[str, Any]:
                 stack = np.asfortranarray(np.stack(masks, axis=-1).astype(np.uint8))
                 with t["coco_encode"]:
                     objs = coco.encode(stack)
-                with t["coco_decode"]:
+                with t["coco_decode"], warnings.catch_warnings():
+                    # pycocotools 2.0.x vs NumPy 2: a DeprecationWarning per call, harmless.
+                    warnings.simplefilter("ignore", DeprecationWarning)
                     back = coco.decode(objs)
                 equal_coco &= bool(np.array_equal(back.astype(bool), stack.astype(bool)))
     out: dict[str, Any] = {"images": len(kept), "rows": n_rows,
