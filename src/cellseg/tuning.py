@@ -237,8 +237,14 @@ class Evaluator:
             raise ValueError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
         self.sets = dict(sets)
         self.n_jobs = n_jobs
-        self.start_method = start_method or ("fork" if sys.platform.startswith("linux")
-                                             else "spawn")
+        if start_method is None:
+            # Fork shares the cache for free, but forking a process whose TensorFlow runtime
+            # has started its thread pools can deadlock the child (seen when tuning runs in the
+            # same process as training or inference, e.g. the test suite): spawn there.
+            tf_loaded = "tensorflow" in sys.modules
+            start_method = "fork" if sys.platform.startswith("linux") and not tf_loaded \
+                else "spawn"
+        self.start_method = start_method
         self._chunks: dict[str, list[list[int]]] = {}
         for cell_type, eval_set in self.sets.items():
             n_chunks = max(1, min(len(eval_set), n_jobs * max(1, chunks_per_job)))
