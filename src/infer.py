@@ -19,26 +19,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellseg.cli import int_list, name_list  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_CONFIG = "configs/default.yaml"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one fold, e.g. 0,1")
-    return values
-
-
-def _str_list(text: str) -> list[str]:
-    values = [v.strip() for v in text.split(",") if v.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError("expected a comma-separated list, e.g. identity,hflip")
-    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,12 +36,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(default: the config's data.root)")
     parser.add_argument("--out", default="submission.csv",
                         help="submission file to write (default: %(default)s)")
-    parser.add_argument("--folds", type=_int_list, help="folds to ensemble, e.g. 0,1 "
+    parser.add_argument("--folds", type=int_list, help="folds to ensemble, e.g. 0,1 "
                         "(default: infer.folds, or every trained fold)")
     parser.add_argument("--cell-type", help="force one cell type (shsy5y, astro, cort) for "
                         "every image; needed for models without a cell-type head")
     parser.add_argument("--heads", help="mean | last | prune=L (default: infer.heads)")
-    parser.add_argument("--tta", type=_str_list, help="comma-separated TTA variants from "
+    parser.add_argument("--tta", type=name_list, help="comma-separated TTA variants from "
                         "identity,hflip,vflip,hvflip (default: infer.tta)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a config value, e.g. "

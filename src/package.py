@@ -20,20 +20,12 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellseg.cli import int_list  # noqa: E402
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = "configs/default.yaml"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one fold, e.g. 0,1")
-    return values
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--set output_dir=/big/disk (repeatable)")
     parser.add_argument("--out", help="package folder to create (default: "
                         "<output_dir>/kaggle_dataset/<exp>)")
-    parser.add_argument("--folds", type=_int_list, help="folds to package, e.g. 0,1 "
+    parser.add_argument("--folds", type=int_list, help="folds to package, e.g. 0,1 "
                         "(default: every trained fold)")
     parser.add_argument("--dataset-id", help="Kaggle dataset id 'user/slug' (default: "
                         "$KAGGLE_USERNAME/cellseg-<exp>, or a placeholder user)")

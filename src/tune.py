@@ -34,27 +34,11 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellseg.cli import int_list, name_list  # noqa: E402
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 DEFAULT_CONFIG = "configs/default.yaml"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, e.g. 0,1; got "
-                                         f"{text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one fold, e.g. 0,1")
-    return values
-
-
-def _name_list(text: str) -> list[str]:
-    values = [v for v in text.replace(" ", "").split(",") if v]
-    if not values:
-        raise argparse.ArgumentTypeError("expected comma-separated names, e.g. shsy5y,cort")
-    return values
 
 
 def _positive_int(text: str) -> int:
@@ -84,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"output/<exp>/fold*/config.yaml, else {DEFAULT_CONFIG})")
     parser.add_argument("--exp", help="experiment name (default: the config's name)")
     parser.add_argument("--data-dir", help="data root with train.csv (overrides data.root)")
-    parser.add_argument("--folds", type=_int_list, help="OOF folds to tune on, e.g. 0,1 "
+    parser.add_argument("--folds", type=int_list, help="OOF folds to tune on, e.g. 0,1 "
                         "(default: every fold with OOF predictions)")
     parser.add_argument("--n-trials", type=_positive_int,
                         help="trials per cell type run by THIS process (default: "
@@ -96,7 +80,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--method", choices=("deep", "classical"), default="deep",
                         help="deep = network maps -> postprocess.yaml; classical = the "
                         "classical baseline -> postprocess_classical.yaml (default: deep)")
-    parser.add_argument("--cell-types", type=_name_list,
+    parser.add_argument("--cell-types", type=name_list,
                         help="subset of shsy5y,astro,cort (default: all with OOF images)")
     parser.add_argument("--n-jobs", type=int, help="processes scoring a trial's images "
                         "(default: tune.n_jobs; 1 = serial)")
