@@ -1,9 +1,11 @@
 """Score a submission against annotations: ``python src/evaluate.py --submission FILE --truth CSV``.
 
-Prints the competition metric overall, per cell type and per IoU threshold, and writes
-``scores.csv`` (per image), ``summary.csv``, ``summary.md`` and overlays of the worst and best
-images to ``--out`` (default: ``<submission folder>/<submission name>_eval``). The logic lives
-in ``cellseg.evaluation.evaluate_submission``.
+Prints the competition metric overall, per cell type and per IoU threshold, and the error
+analysis (misses, false positives, merges, splits, by cell size, matched IoU), and writes
+``scores.csv`` (per image), ``summary.csv``, ``summary.md``, ``errors.csv`` (per image),
+``errors_summary.csv``, ``errors_summary.md``, ``iou_hist.png`` and overlays of the worst and
+best images coloured by error kind to ``--out`` (default: ``<submission folder>/<submission
+name>_eval``). The logic lives in ``cellseg.evaluation.evaluate_submission``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.n_overlays < 0:
+        print(f"error: --n-overlays must be >= 0, got {args.n_overlays}", file=sys.stderr)
+        return 2
     from cellseg.data import DataError
     from cellseg.evaluation import evaluate_submission
 
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result.markdown)
+    print()
+    print(result.error_markdown)
     print(f"\nscore {result.score:.4f} over {len(result.table)} images; "
           f"{len(result.files)} files written to {out}")
     return 0

@@ -126,7 +126,32 @@ def test_writes_tables_and_overlays(tmp_path):
     assert len(overlays) == 2
     assert overlays[0].startswith("best_01_") and overlays[1] == "worst_01_img03.png"
     panel = cv2.imread(str(out / "overlays" / overlays[1]))
-    assert panel.shape == (64, 3 * 96 + 8, 3)
+    assert panel.shape[0] > 64 and panel.shape[1:] == (3 * 96 + 8, 3)  # + legend strip
+    # Error analysis: img03 lost its last two cells (2 misses), the rest is perfect.
+    errors = pd.read_csv(out / "errors.csv").set_index("id")
+    assert len(errors) == 4 and {"tp", "fn", "fp", "merges", "splits", "mean_iou",
+                                 "fn_lt100", "fp_ge1000"} <= set(errors.columns)
+    n_cells = truth.groupby("id").size()
+    assert errors.loc["img03", "fn"] == 2 and errors.loc["img03", "fn_other"] == 2
+    assert errors.loc["img03", "tp"] == n_cells["img03"] - 2
+    assert (errors[["fp", "merges", "splits"]] == 0).all().all()
+    assert errors["mean_iou"].tolist() == [1.0] * 4
+    err_summary = pd.read_csv(out / "errors_summary.csv", index_col=0)
+    assert err_summary.loc["overall", "fn"] == 2
+    assert err_summary.loc["overall", "recall@0.5"] == pytest.approx(1 - 2 / len(truth))
+    assert "## Counts at IoU > 0.5" in (out / "errors_summary.md").read_text()
+    assert cv2.imread(str(out / "iou_hist.png")) is not None
+    assert {out / n for n in ("errors.csv", "errors_summary.csv", "errors_summary.md",
+                              "iou_hist.png")} <= set(result.files)
+    assert result.errors.set_index("id").loc["img03", "fn"] == 2
+    # The worst overlay draws the two missed true cells in red (the truth panel's outlines).
+    from cellseg.viz import ERROR_COLOURS, outlines
+    missed = np.zeros((64, 96), np.int32)
+    for k, text in enumerate(truth[truth["id"] == "img03"]["annotation"].iloc[-2:]):
+        missed[rle.decode(text, (64, 96))] = k + 1
+    ys, xs = np.nonzero(outlines(missed))
+    truth_panel = cv2.cvtColor(panel, cv2.COLOR_BGR2RGB)[:64, 96 + 4: 2 * 96 + 4]
+    assert (truth_panel[ys, xs] == ERROR_COLOURS["missed"]).all()
 
 
 def test_labels_from_rles_round_trip():
@@ -149,6 +174,16 @@ def test_cli_error_exit_code(tmp_path):
         proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_rejects_negative_overlay_count(tmp_path):
+    make_disk_dataset(tmp_path, n_images=1)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "src" / "evaluate.py"), "--submission",
+         str(tmp_path / "truth.csv"), "--truth", str(tmp_path / "truth.csv"),
+         "--n-overlays", "-1"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --n-overlays must be >= 0, got -1"]
+
+
 def test_real_sample_truth_scores_its_own_label_image(real_sample, tmp_path):
     """The real image's 395 overlapping annotations, flattened to a label image (what a
     submission can hold), score high but below 1: the 3,354 contested pixels still count for
@@ -164,3 +199,8 @@ def test_real_sample_truth_scores_its_own_label_image(real_sample, tmp_path):
     assert rec["n_true"] == 395 and rec["n_pred"] == 395
     assert 0.9 < result.score < 1.0
     assert (tmp_path / "overlays" / f"worst_01_{image_id}.png").is_file()
+    # Error analysis: every cell still matched at IoU 0.5; contested pixels lower the IoU.
+    err = result.errors.iloc[0]
+    assert (err["tp"], err["fn"], err["fp"], err["merges"]) == (395, 0, 0, 0)
+    assert 0.9 < err["mean_iou"] < 1.0
+    assert (tmp_path / "iou_hist.png").is_file() and (tmp_path / "errors_summary.md").is_file()

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellseg.metric import image_score, iou_matrix, match, score_table, summarize
+from cellseg.metric import image_score, iou_matrix, match, overlap, score_table, summarize
 
 THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 
@@ -171,3 +171,16 @@ def test_bad_shapes_raise():
         image_score(np.zeros((3, 3), np.int32), np.zeros((3, 4), np.int32))
     with pytest.raises(ValueError, match="integer labels"):
         image_score(np.zeros((3, 3)), np.zeros((3, 3), np.int32))
+
+
+def test_overlap_keeps_original_ids_and_counts_pixels_once():
+    pred = np.zeros((4, 6), np.int32)
+    pred[0, :3] = 42
+    pred[2, :] = 7
+    ov = overlap([np.array([0, 1, 2]), np.array([14, 12, 12, 13])], pred)  # unsorted, repeat
+    assert ov.pred_ids.tolist() == [7, 42] and ov.true_ids.tolist() == [1, 2]
+    assert ov.true_area.tolist() == [3, 3] and ov.pred_area.tolist() == [6, 3]
+    np.testing.assert_allclose(ov.iou(), [[0.0, 1.0], [0.5, 0.0]])
+    lab = np.zeros((4, 6), np.int32)
+    lab[3, 1:3] = 9
+    assert overlap(lab, pred).true_ids.tolist() == [9]

@@ -3,7 +3,9 @@
 Why a separate step: the competition's hidden test set gives one number per day; scoring
 our own submission files on held-out annotated images (or the synthetic test set) gives the
 same metric per image, per cell type and per IoU threshold, with pictures of the worst and
-best images to see *why* a score is what it is.
+best images to see *why* a score is what it is. The error analysis (:mod:`cellseg.errors`:
+misses, false positives, merges, splits, by cell size, matched IoU) says which kind of mistake
+costs the score, per cell type; the overlays colour cells by that kind.
 
 Truth annotations overlap in the real data, so truth is kept as per-cell pixel-index lists
 (:attr:`cellseg.data.Instances.pixels`) and a pixel owned by two true cells counts for both
@@ -26,12 +28,17 @@ import pandas as pd
 
 from . import fileio, rle
 from .data import DataError, decode_instances, read_image, read_train_csv
+from .errors import ErrorRecord, error_analysis, error_summary, error_summary_markdown, error_table
 from .metric import Truth, score_table, summarize
 from .submission import SubmissionError, check_table, read_submission
 
 SCORES_FILE = "scores.csv"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_MD = "summary.md"
+ERRORS_FILE = "errors.csv"
+ERRORS_SUMMARY_CSV = "errors_summary.csv"
+ERRORS_SUMMARY_MD = "errors_summary.md"
+IOU_HIST = "iou_hist.png"
 OVERLAY_DIRNAME = "overlays"
 
 
@@ -44,12 +51,21 @@ class Evaluation:
         summary: per cell type and ``overall``: images, score, p@0.50 ... p@0.95.
         markdown: ``summary`` as a markdown table.
         files: the files written (empty without ``out_dir``).
+        errors: one row per truth image: id, cell_type and the error counts
+            (:data:`cellseg.errors.TABLE_COLUMNS`).
+        error_summary: :func:`cellseg.errors.error_summary` of ``errors``.
+        error_markdown: ``error_summary`` as markdown tables.
+        records: the :class:`cellseg.errors.ErrorRecord` of every image, by id.
     """
 
     table: pd.DataFrame
     summary: pd.DataFrame
     markdown: str
     files: list[Path] = field(default_factory=list)
+    errors: pd.DataFrame = field(default_factory=pd.DataFrame)
+    error_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    error_markdown: str = ""
+    records: dict[str, ErrorRecord] = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -99,8 +115,11 @@ def evaluate_submission(
         submission: the submission table or CSV path (``id,predicted``).
         truth_csv: annotations in ``train.csv`` format (id, annotation, width, height,
             cell_type, ...); image sizes and cell types come from it.
-        out_dir: if set, write ``scores.csv`` (per image), ``summary.csv``, ``summary.md`` and
-            ``overlays/{worst,best}_NN_<id>.png`` there (every file atomically).
+        out_dir: if set, write ``scores.csv`` (per image), ``summary.csv``, ``summary.md``,
+            the error analysis ``errors.csv`` (per image), ``errors_summary.csv``,
+            ``errors_summary.md``, ``iou_hist.png`` (IoU of every true cell per cell type) and
+            ``overlays/{worst,best}_NN_<id>.png`` coloured by error kind (every file
+            atomically).
         images_dir: folder of the images for the overlays; default: ``<truth_csv
             folder>/test``, then ``/train`` (whichever holds the image). Images not found are
             skipped with a warning.
@@ -141,9 +160,13 @@ def evaluate_submission(
         texts = [t for t in sub_pred[rows] if t.strip()]
         return labels_from_rles(texts, shapes[image_id], f"{sub_name}, id {image_id}")
 
+    error_records: dict[str, ErrorRecord] = {}
+
     def records() -> Iterator[tuple[str, str, Truth, np.ndarray]]:
         for image_id in rows_of:
-            yield image_id, cell_types[image_id], truth_of(image_id).pixels, pred_of(image_id)
+            pixels, pred = truth_of(image_id).pixels, pred_of(image_id)
+            error_records[image_id] = error_analysis(pixels, pred)
+            yield image_id, cell_types[image_id], pixels, pred
 
     try:
         table = score_table(records())
@@ -151,7 +174,12 @@ def evaluate_submission(
         raise SubmissionError(str(exc)) from None
     summary = summarize(table)
     markdown = summary_markdown(summary)
-    result = Evaluation(table=table, summary=summary, markdown=markdown)
+    errors = error_table((i, cell_types[i], error_records[i]) for i in rows_of)
+    err_summary = error_summary(errors)
+    result = Evaluation(table=table, summary=summary, markdown=markdown, errors=errors,
+                        error_summary=err_summary,
+                        error_markdown=error_summary_markdown(err_summary),
+                        records=error_records)
     if out_dir is None:
         return result
 
@@ -166,19 +194,55 @@ def evaluate_submission(
               + (f"; {n_missing} without any prediction row, scored 0" if n_missing else "")
               + f").\n\nScore = mean over images of the mean precision over IoU thresholds "
               f"0.50-0.95.\n\n")
-    fileio.write_text(out_dir / SUMMARY_MD, header + markdown + "\n")
+    fileio.write_text(out_dir / SUMMARY_MD, header + markdown
+                      + f"\n\nError analysis (misses, merges, splits, by size): "
+                      f"{ERRORS_SUMMARY_MD}, per image {ERRORS_FILE}, IoU histogram "
+                      f"{IOU_HIST}.\n")
     result.files += [out_dir / SCORES_FILE, out_dir / SUMMARY_CSV, out_dir / SUMMARY_MD]
+    result.files += _write_errors(result, out_dir, sub_name, truth_csv, cell_types)
     if n_overlays > 0:
         result.files += _write_overlays(table, out_dir / OVERLAY_DIRNAME, n_overlays,
-                                        images_dir, truth_csv, truth_of, pred_of)
+                                        images_dir, truth_csv, truth_of, pred_of,
+                                        error_records)
     return result
+
+
+def _write_errors(result: Evaluation, out_dir: Path, sub_name: str, truth_csv: Path,
+                  cell_types: dict[str, str]) -> list[Path]:
+    """The error-analysis tables and the IoU histogram per cell type."""
+    from .errors import MERGE_COVER, SIZE_LABELS, SPLIT_COVER
+    from .viz import plot_iou_hist
+
+    with fileio.atomic_path(out_dir / ERRORS_FILE) as tmp:
+        result.errors.to_csv(tmp, index=False, float_format="%.6f")
+    with fileio.atomic_path(out_dir / ERRORS_SUMMARY_CSV) as tmp:
+        result.error_summary.to_csv(tmp, float_format="%.6f")
+    header = (f"# Error analysis of {sub_name}\n\nTruth: {truth_csv}. A true cell is matched "
+              f"when its IoU with one predicted cell is > 0.5 (one-to-one); FN = missed true "
+              f"cells, FP = unmatched predicted cells. Merge: a predicted cell holding >= "
+              f"{MERGE_COVER:.0%} of each of two or more true cells. Split: a true cell of "
+              f"which two or more predicted cells each cover >= {SPLIT_COVER:.0%}. Counts are "
+              f"summed over images; precision@0.5 = TP / (TP + FP), recall@0.5 = TP / "
+              f"(TP + FN); size bins {', '.join(SIZE_LABELS)} pixels. Per image: "
+              f"{ERRORS_FILE}.\n\n")
+    fileio.write_text(out_dir / ERRORS_SUMMARY_MD, header + result.error_markdown + "\n")
+    by_type: dict[str, list[ErrorRecord]] = {}
+    for image_id, rec in result.records.items():
+        by_type.setdefault(cell_types[image_id], []).append(rec)
+    by_type = dict(sorted(by_type.items()))
+    if len(by_type) > 1:
+        by_type["overall"] = list(result.records.values())
+    plot_iou_hist(by_type, out_dir / IOU_HIST)
+    return [out_dir / ERRORS_FILE, out_dir / ERRORS_SUMMARY_CSV, out_dir / ERRORS_SUMMARY_MD,
+            out_dir / IOU_HIST]
 
 
 def _write_overlays(table: pd.DataFrame, folder: Path, n: int,
                     images_dir: str | os.PathLike | None, truth_csv: Path,
-                    truth_of, pred_of) -> list[Path]:
-    """Overlays of the ``n`` worst images, then the ``n`` best of the rest."""
-    from .viz import save_overlay
+                    truth_of, pred_of, records: dict[str, ErrorRecord]) -> list[Path]:
+    """Overlays coloured by error kind of the ``n`` worst images, then the ``n`` best of the
+    rest."""
+    from .viz import save_error_overlay
 
     dirs = ([Path(images_dir)] if images_dir is not None
             else [truth_csv.parent / "test", truth_csv.parent / "train"])
@@ -199,7 +263,7 @@ def _write_overlays(table: pd.DataFrame, folder: Path, n: int,
                                 f"height), but {truth_csv.name} says "
                                 f"{inst.shape[1]}x{inst.shape[0]}")
             out = folder / f"{tag}_{rank:02d}_{image_id}.png"
-            save_overlay(out, image, inst.labels, pred_of(image_id))
+            save_error_overlay(out, image, inst.labels, pred_of(image_id), records[image_id])
             written.append(out)
     if missing:
         warnings.warn(f"no image file for {len(missing)} id(s) {missing[:3]} in "
