@@ -8,10 +8,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from cellseg.config import Config, ModelConfig, load_config, save_config
+from cellseg.constants import CELL_TYPES
 from cellseg.data import DataError
 from cellseg.inference import (
     InferenceError,
@@ -121,6 +123,11 @@ def test_tta_ensemble_gives_a_valid_submission(workspace, tmp_path):
         assert maps["probs"].dtype == np.uint8 and maps["probs"].shape == (64, 96, 2)
         assert maps["cell_type_probs"].shape == (3,)
     assert len(list((tmp_path / "overlays").glob("*.png"))) == 3
+    types = pd.read_csv(tmp_path / "submission_cell_types.csv")
+    assert list(types.columns) == ["id", "cell_type", *(f"prob_{t}" for t in CELL_TYPES)]
+    assert sorted(types["id"]) == ["img00", "img01", "img02"]
+    assert summary["cell_type_source"] == "network head"
+    assert dict(zip(types["id"], types["cell_type"])) == summary["image_cell_types"]
     # Other head modes and one fold; a forced cell type.
     for heads in ("last", "prune=1"):
         s = run_inference(cfg, exp_dir, workspace["data"], out, folds=[1], heads=heads,
@@ -247,3 +254,38 @@ def test_tuned_parameters_are_used(workspace, tmp_path):
     default = cfg.postprocess.seed_threshold
     assert summary["postprocess_params"]["astro"]["seed_threshold"] == default
     assert summary["cell_type_counts"] == {"cort": 3} and summary["n_masks"] > 0
+
+
+@pytest.mark.slow
+def test_whole_image_classifiers_choose_the_type(workspace, tmp_path):
+    """Fold classifiers beside the models decide the type; the CSV holds their probabilities."""
+    import shutil
+
+    from cellseg.celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
+    from cellseg.data import read_image
+
+    exp_src = workspace["out"] / "rand"
+    out_root = tmp_path / "output"
+    shutil.copytree(exp_src, out_root / "rand")
+    test_dir = workspace["data"] / "test"
+    images = [read_image(p) for p in sorted(test_dir.glob("*.png"))]
+    feats = np.stack([image_features(im) for im in images] * 2)
+    labels = ["astro", "cort", "shsy5y"] * 2
+    clf = CellTypeClassifier.fit(feats, labels)
+    for fold in (0, 1):
+        clf.save(out_root / "rand" / f"fold{fold}" / CLASSIFIER_FILE)
+    cfg, exp_dir, _ = resolve_config(workspace["root"] / "rand.yaml",
+                                     [f"output_dir={out_root}"])
+    out = tmp_path / "sub.csv"
+    with pytest.warns(UserWarning, match="postprocess.yaml"):
+        summary = run_inference(cfg, exp_dir, workspace["data"], out, tta=["identity"],
+                                progress=False, verbose=False)
+    assert summary["cell_type_source"] == "whole-image classifier"
+    types = pd.read_csv(tmp_path / "sub_cell_types.csv")
+    assert list(types["cell_type"]) == ["astro", "cort", "shsy5y"]
+    probs = types[[f"prob_{t}" for t in CELL_TYPES]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    (out_root / "rand" / "fold1" / CLASSIFIER_FILE).write_text("{broken")
+    with pytest.raises(InferenceError, match=CLASSIFIER_FILE):
+        run_inference(cfg, exp_dir, workspace["data"], out, tta=["identity"],
+                      progress=False, verbose=False)

@@ -6,8 +6,11 @@ the Kaggle kernel run the same code (the kernel only sets paths). Per test image
 1. read the PNG (size from its header, checked against the decoded pixels) and normalise it;
 2. :func:`cellseg.predict.predict_images` averages every fold model over the TTA variants
    (the variants of an image go through a model in one batch);
-3. the cell type is the argmax of the averaged cell-type head (or a user override), and
-   selects that type's tuned post-processing parameters (``postprocess.yaml``);
+3. the cell type is the argmax of the folds' whole-image cell-type classifiers
+   (:mod:`cellseg.celltype`; the network's head for older experiments without one) or a user
+   override, and selects that type's tuned post-processing parameters (``postprocess.yaml``);
+   every image's type and probabilities go to ``<out stem>_cell_types.csv`` so users can
+   check them;
 4. :func:`cellseg.postprocess.decode_with_params` gives a label image; every instance is
    RLE-encoded and streamed to the submission file.
 
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from . import fileio, oof, rle
+from .celltype import CLASSIFIER_FILE, CellTypeClassifier, CellTypeClassifierError, ensemble_proba
 from .config import Config, ConfigError, load_config
 from .constants import CELL_TYPES
 from .data import DataError, read_image
@@ -226,6 +230,24 @@ def format_timing(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cell_types_path(out_path: str | os.PathLike) -> Path:
+    """Where the per-image cell types go: ``submission.csv`` -> ``submission_cell_types.csv``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_cell_types.csv")
+
+
+def load_classifiers(model_files: Sequence[tuple[int, Path]]) -> list[CellTypeClassifier]:
+    """The whole-image cell-type classifiers beside the fold models; empty when any fold
+    lacks one (an experiment trained before they existed falls back to the network head)."""
+    paths = [p.parent / CLASSIFIER_FILE for _, p in model_files]
+    if not all(p.is_file() for p in paths):
+        return []
+    try:
+        return [CellTypeClassifier.load(p) for p in paths]
+    except CellTypeClassifierError as exc:
+        raise InferenceError(str(exc)) from None
+
+
 # ------------------------------------------------------------------------------ the run
 def run_inference(
     cfg: Config,
@@ -293,6 +315,7 @@ def run_inference(
     shapes = folder_image_shapes(test_dir)
     ids = list(shapes)
     model_files = find_fold_models(exp_dir, folds)
+    classifiers = load_classifiers(model_files)
     params = load_params(exp_dir, cfg)
 
     from .model import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
@@ -305,7 +328,7 @@ def run_inference(
     models = load_models([p for _, p in model_files])
     model_load_s = time.perf_counter() - t0
     heads_per_model = [m for m in models if CELL_TYPE_OUTPUT in output_names(m)]
-    if cell_type is None and not heads_per_model:
+    if cell_type is None and not heads_per_model and not classifiers:
         raise InferenceError(
             f"the models of {exp_dir} have no cell-type head (trained with "
             f"model.cell_type_head: false), so the post-processing parameters cannot be "
@@ -324,6 +347,7 @@ def run_inference(
 
     timing = dict.fromkeys((k for k, _ in STAGES), 0.0)
     image_types: dict[str, str] = {}
+    type_rows: list[dict[str, Any]] = []
 
     def rows() -> Iterator[tuple[str, str]]:
         from tqdm.auto import tqdm
@@ -338,13 +362,19 @@ def run_inference(
                 t = time.perf_counter()
                 probs, type_probs = predict_images(models, batch, heads=heads, tta=tta,
                                                    batch_size=batch_size)
+                if classifiers:
+                    type_probs = ensemble_proba(classifiers, raw)
                 timing["model"] += time.perf_counter() - t
                 for k, image_id in enumerate(chunk):
+                    has_probs = type_probs.shape[-1] == len(CELL_TYPES)
                     if cell_type is not None:
                         kind = cell_type
                     else:
                         kind = CELL_TYPES[int(np.argmax(type_probs[k]))]
                     image_types[image_id] = kind
+                    type_rows.append({"id": image_id, "cell_type": kind, **{
+                        f"prob_{t}": round(float(type_probs[k][j]), 4) if has_probs
+                        else float("nan") for j, t in enumerate(CELL_TYPES)}})
                     t = time.perf_counter()
                     labels = decode_with_params(probs[k], params[kind])
                     timing["postprocess"] += time.perf_counter() - t
@@ -366,11 +396,21 @@ def run_inference(
 
     t_start = time.perf_counter()
     written = write_submission(rows(), out_path, ids, shapes)
+    import pandas as pd
+
+    types_path = cell_types_path(out_path)
+    with fileio.atomic_path(types_path) as tmp:
+        pd.DataFrame(type_rows, columns=["id", "cell_type",
+                                         *(f"prob_{t}" for t in CELL_TYPES)]).to_csv(tmp,
+                                                                                     index=False)
     total = time.perf_counter() - t_start
     timing["write"] = max(total - sum(v for k, v in timing.items() if k != "write"), 0.0)
     n = len(ids)
     summary: dict[str, Any] = {
         "out": str(out_path),
+        "cell_types_csv": str(types_path),
+        "cell_type_source": ("override" if cell_type is not None else
+                             "whole-image classifier" if classifiers else "network head"),
         "n_images": n,
         "n_masks": written.n_masks,
         "n_empty_images": written.n_empty_images,
@@ -390,13 +430,16 @@ def run_inference(
         print(f"wrote {out_path}: {n} test images, {written.n_masks} masks, "
               f"{written.n_empty_images} image(s) without a cell; {len(models)} fold model(s) "
               f"{summary['folds']} x TTA {tta}, heads={heads}; cell types "
-              f"{summary['cell_type_counts']}")
+              f"{summary['cell_type_counts']} ({summary['cell_type_source']}; per image in "
+              f"{types_path})")
         print(format_timing(summary))
     return summary
 
 
 __all__ = [
     "InferenceError",
+    "cell_types_path",
+    "load_classifiers",
     "find_fold_models",
     "format_timing",
     "load_models",

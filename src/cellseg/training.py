@@ -32,11 +32,13 @@ import numpy as np
 import pandas as pd
 
 from . import fileio, oof
+from .celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
 from .config import Config, save_config
 from .constants import CELL_TYPE_INDEX, CELL_TYPES
 from .data import DataError, TrainData
 from .folds import FOLDS_FILENAME, load_folds
 from .losses import compile_kwargs
+from .errors import error_counts
 from .metric import match
 from .model import build_model, output_names
 from .pipeline import Sample, TrainBatches, load_samples
@@ -107,9 +109,15 @@ def _dice_loss(p: np.ndarray, t: np.ndarray) -> float:
 
 
 def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "mean",
-                    tta: list[str] | None = None) -> tuple[dict[str, float], pd.DataFrame,
-                                                           list[tuple[np.ndarray, np.ndarray]]]:
+                    tta: list[str] | None = None,
+                    classifier: CellTypeClassifier | None = None,
+                    errors: bool = False) -> tuple[dict[str, float], pd.DataFrame,
+                                                   list[tuple[np.ndarray, np.ndarray]]]:
     """Predict every validation image and measure it.
+
+    ``classifier``: the fold's whole-image cell-type classifier; when given, its probabilities
+    replace the network head's (they are what inference uses). ``errors``: add the error
+    analysis columns (tp, fn, fp, merges, splits, mean_iou at IoU 0.5) to each row.
 
     Returns:
         (metrics dict with val_* keys, per-image table, list of (probs, cell-type probs)).
@@ -120,6 +128,8 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
         x = normalize_image(s.image)[None]
         probs, ct = predict_images(models, x, heads=heads, tta=tta or ["identity"], batch_size=1)
         probs, ct = probs[0], ct[0]
+        if classifier is not None:
+            ct = classifier.predict_images([s.image])[0]
         preds.append((probs, ct))
         t = s.targets.astype(np.float32)
         loss = 0.0
@@ -131,14 +141,17 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
         labels = decode_with_params(probs, cfg.postprocess)
         res = match(s.instances.pixels, labels)
         true_type = CELL_TYPE_INDEX[s.cell_type]
-        rows.append({
+        row = {
             "id": s.image_id, "cell_type": s.cell_type, "score": res.score,
             "n_true": res.n_true, "n_pred": res.n_pred, "loss": loss,
             "body_accuracy": float((body_p == body_t).mean()),
             "body_iou": float(inter / union) if union else 1.0,
             "cell_type_acc": float(int(np.argmax(ct)) == true_type) if ct.size else np.nan,
             "pred_cell_type": CELL_TYPES[int(np.argmax(ct))] if ct.size else "",
-        })
+        }
+        if errors:
+            row.update(error_counts(s.instances.pixels, labels))
+        rows.append(row)
     table = pd.DataFrame(rows)
     metrics = {f"val_{k}": float(table[k].mean())
                for k in ("loss", "score", "body_accuracy", "body_iou", "cell_type_acc")}
@@ -152,8 +165,10 @@ class FoldMonitor(keras.callbacks.Callback):
 
     def __init__(self, cfg: Config, fold_dir: Path, val_samples: list[Sample],
                  state: dict[str, Any], history: list[dict[str, Any]], write: bool,
-                 eval_model: keras.Model | None = None, allow_stop: bool = True) -> None:
+                 eval_model: keras.Model | None = None, allow_stop: bool = True,
+                 classifier: CellTypeClassifier | None = None) -> None:
         super().__init__()
+        self.classifier = classifier
         self.eval_model = eval_model
         # Multi-worker: each worker validates with its own (unsynced) batch-norm statistics,
         # so their early-stopping/time decisions could differ and leave one worker waiting on
@@ -194,7 +209,8 @@ class FoldMonitor(keras.callbacks.Callback):
             eval_model = self.eval_model or self.model
             if eval_model is not self.model:
                 eval_model.set_weights(self.model.get_weights())
-            metrics, _, _ = validate_images(eval_model, self.val_samples, self.cfg, heads="mean")
+            metrics, _, _ = validate_images(eval_model, self.val_samples, self.cfg, heads="mean",
+                                         classifier=self.classifier)
             logs.update(metrics)
             score = metrics["val_score"]
             if score > self.state.get("best_score", -1.0):
@@ -340,15 +356,23 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     if not val_ids or not train_ids:
         raise TrainingError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} "
                             f"validation images; both must be non-empty")
+    # train.max_val_images caps per-epoch scoring only; the OOF maps cover every image.
+    monitor_ids = val_ids
     if cfg.train.max_val_images and len(val_ids) > cfg.train.max_val_images:
         rng = np.random.default_rng(cfg.seed)
-        val_ids = sorted(rng.choice(val_ids, cfg.train.max_val_images, replace=False).tolist())
+        monitor_ids = sorted(rng.choice(val_ids, cfg.train.max_val_images,
+                                        replace=False).tolist())
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.root) / ".cache")
     print(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation images "
           f"-> {fold_dir} (replicas: {strategy.num_replicas_in_sync})", flush=True)
     train_samples = load_samples(data, train_ids, cache_dir, desc="train images")
     val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True,
                                desc="val images")
+
+    classifier = train_cell_type_classifier(train_samples, cfg.seed)
+    if chief:
+        classifier.save(fold_dir / CLASSIFIER_FILE)
+    monitor_samples = [s for s in val_samples if s.image_id in set(monitor_ids)]
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
     history: list[dict[str, Any]] = []
@@ -376,7 +400,8 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     batches = TrainBatches(train_samples, cfg, output_names(model), batch_size=global_batch,
                            steps=steps, seed=cfg.seed + 1000 * fold)
     batches.epoch = int(state["epoch"])
-    monitor = FoldMonitor(cfg, fold_dir, val_samples, state, history, write=chief,
+    monitor = FoldMonitor(cfg, fold_dir, monitor_samples, state, history, write=chief,
+                          classifier=classifier,
                           eval_model=local_copy(model, strategy),
                           allow_stop=not _is_multiworker(strategy))
     t0 = time.time()
@@ -400,9 +425,12 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
         raise TrainingError(f"{fold_dir}: no {BEST_MODEL}; training stopped before the first "
                             f"validation (raise train.epochs or train.time_budget_min)")
     model = keras.saving.load_model(best_path)
+    classifier_path = fold_dir / CLASSIFIER_FILE
+    classifier = CellTypeClassifier.load(classifier_path) if classifier_path.is_file() else None
     t0 = time.time()
     metrics, table, preds = validate_images(model, val_samples, cfg, heads=cfg.infer.heads,
-                                            tta=cfg.infer.tta)
+                                            tta=cfg.infer.tta, classifier=classifier,
+                                            errors=True)
     for s, (probs, ct) in zip(val_samples, preds):
         oof.save_oof(fold_dir, s.image_id, probs, ct)
     with fileio.atomic_path(fold_dir / "oof_scores.csv") as tmp:
@@ -428,6 +456,12 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
           f"(per type {per_type}), best epoch {result['best_epoch']}, "
           f"{train_s / 60:.1f} min training", flush=True)
     return result
+
+
+def train_cell_type_classifier(samples: list[Sample], seed: int = 0) -> CellTypeClassifier:
+    """The whole-image cell-type classifier of a fold, from its training images."""
+    feats = np.stack([image_features(s.image) for s in samples])
+    return CellTypeClassifier.fit(feats, [s.cell_type for s in samples], seed=seed)
 
 
 def require_data(cfg: Config) -> None:

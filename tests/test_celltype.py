@@ -1,0 +1,92 @@
+"""Whole-image cell-type classifier: right on whole images, never collapsed to one type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cellseg.celltype import (CellTypeClassifier, CellTypeClassifierError, ensemble_proba,
+                              image_features)
+from cellseg.constants import CELL_TYPES
+from cellseg.synthetic import make_image
+
+REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "real_subset"
+
+
+def _synthetic(n_per_type: int, seed: int) -> tuple[list[np.ndarray], list[str]]:
+    rng = np.random.default_rng(seed)
+    images, types = [], []
+    for t in CELL_TYPES:
+        for _ in range(n_per_type):
+            images.append(make_image(t, rng, 260, 352)[0])
+            types.append(t)
+    return images, types
+
+
+def test_features_ignore_brightness_and_contrast():
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 200, (64, 80)).astype(np.uint8)
+    a = image_features(img)
+    b = image_features(img.astype(np.float32) * 0.5 + 20)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="2-D image"):
+        image_features(np.zeros((4, 4)))
+
+
+def test_whole_image_types_are_right_and_not_collapsed():
+    train_x, train_y = _synthetic(6, seed=1)
+    test_x, test_y = _synthetic(4, seed=2)
+    clf = CellTypeClassifier.fit(np.stack([image_features(x) for x in train_x]), train_y)
+    pred = [CELL_TYPES[i] for i in clf.predict_images(test_x).argmax(1)]
+    assert len(set(pred)) == len(CELL_TYPES), f"collapsed: {pred}"
+    for t in CELL_TYPES:
+        right = [p == t for p, y in zip(pred, test_y) if y == t]
+        assert np.mean(right) >= 0.75, (t, pred)
+
+
+def test_save_load_round_trip_and_bad_files(tmp_path):
+    x, y = _synthetic(3, seed=3)
+    feats = np.stack([image_features(i) for i in x])
+    clf = CellTypeClassifier.fit(feats, y)
+    clf.save(tmp_path / "c.json")
+    again = CellTypeClassifier.load(tmp_path / "c.json")
+    np.testing.assert_allclose(again.predict_proba(feats), clf.predict_proba(feats), atol=1e-6)
+    p = ensemble_proba([clf, again], x[:2])
+    assert p.shape == (2, len(CELL_TYPES)) and np.allclose(p.sum(1), 1, atol=1e-5)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(CellTypeClassifierError, match="bad.json"):
+        CellTypeClassifier.load(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text('{"feature_version": 0}')
+    with pytest.raises(CellTypeClassifierError, match="feature version"):
+        CellTypeClassifier.load(tmp_path / "old.json")
+
+
+def test_two_types_only_gives_zero_for_the_third():
+    x, y = _synthetic(3, seed=4)
+    keep = [i for i, t in enumerate(y) if t != "astro"]
+    clf = CellTypeClassifier.fit(np.stack([image_features(x[i]) for i in keep]),
+                                 [y[i] for i in keep])
+    p = clf.predict_images([x[i] for i in keep])
+    assert np.all(p[:, CELL_TYPES.index("astro")] == 0)
+    assert [CELL_TYPES[i] for i in p.argmax(1)] == [y[i] for i in keep]
+
+
+def test_real_images_out_of_fold():
+    """Half of the 40 real images train, the other half are classified (and the reverse)."""
+    if not (REAL_SUBSET / "train.csv").is_file():
+        pytest.skip(f"real subset not present at {REAL_SUBSET}")
+    from cellseg.data import TrainData
+
+    data = TrainData(REAL_SUBSET)
+    ids = sorted(data.ids)
+    feats = np.stack([image_features(data.load_image(i)) for i in ids])
+    types = np.array([data.cell_type(i) for i in ids])
+    halves = [np.arange(len(ids)) % 2 == k for k in (0, 1)]
+    pred = np.empty(len(ids), object)
+    for test in halves:
+        clf = CellTypeClassifier.fit(feats[~test], types[~test])
+        pred[test] = [CELL_TYPES[i] for i in clf.predict_proba(feats[test]).argmax(1)]
+    assert set(pred) == set(CELL_TYPES)
+    assert (pred == types).mean() >= 0.9, list(zip(types, pred))
