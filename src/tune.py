@@ -98,28 +98,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace):
     """The config to tune with, and a note saying where it came from.
 
-    Why the experiment's saved config: it names the data root the folds were trained on and
-    the post-processing defaults of that run; ``configs/default.yaml`` may have changed since.
+    The rule of :func:`cellseg.inference.resolve_config`: the experiment's saved config (data
+    root the folds were trained on, model, default post-processing) is the base; an explicit
+    ``--config`` supplies the ``tune`` and ``infer`` sections only; ``--data-dir`` and
+    ``--set`` override last.
     """
-    from cellseg.config import load_config
+    from cellseg.inference import resolve_config as resolve_experiment
 
     overrides = list(args.overrides)
-    if args.exp:
-        overrides.append(f"name={args.exp}")
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
     if args.n_jobs is not None:
         overrides.append(f"tune.n_jobs={args.n_jobs}")
     if args.n_trials is not None:
         overrides.append(f"tune.n_trials={args.n_trials}")
-    if args.config:
-        return load_config(args.config, overrides), f"config {args.config}"
-    base = DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
-    cfg = load_config(base, overrides)
-    saved = sorted(cfg.experiment_dir().glob("fold*/config.yaml"))
-    if saved:
-        return load_config(saved[0], overrides), f"the experiment's config {saved[0]}"
-    return cfg, f"config {base}" if base else "built-in defaults"
+    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    cfg, _, saved = resolve_experiment(path, overrides, exp=args.exp,
+                                       config_explicit=args.config is not None)
+    if saved is not None:
+        return cfg, f"the experiment's config {saved}"
+    return cfg, f"config {path}" if path else "built-in defaults"
 
 
 def main(argv: list[str] | None = None) -> int:

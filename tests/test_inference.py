@@ -233,7 +233,8 @@ def test_resolve_config_prefers_the_saved_model_settings(tmp_path):
     cfg, exp_dir, path = resolve_config(cli, config_explicit=True)
     assert exp_dir == tmp_path / "out" / "exp" and path is not None
     assert cfg.model.widths == [4, 8, 16]  # the model as trained
-    assert cfg.infer.batch_size == 7 and cfg.data.root == "elsewhere"  # this run's choices
+    assert cfg.infer.batch_size == 7  # this run's choices
+    assert cfg.data.root == saved.data.root  # never another data root from a config file
     cfg, _, _ = resolve_config(cli, config_explicit=False)
     assert cfg.infer.batch_size == 2 and cfg.model.widths == [4, 8, 16]
     cfg, _, _ = resolve_config(cli, ["infer.batch_size=5"], config_explicit=True)

@@ -227,3 +227,22 @@ def test_cli_uses_the_experiments_saved_config(cfg, tmp_path, monkeypatch):
     assert "fold0/config.yaml" in source
     assert resolved.postprocess.min_area == 33  # from the experiment's config
     assert (resolved.tune.n_trials, resolved.data.root) == (2, "elsewhere")  # CLI wins
+
+
+def test_cli_keeps_the_experiments_data_root_with_an_explicit_config(tmp_path, monkeypatch):
+    """train --config C --data-dir X, then tune --config C: tunes on X, not on C's root."""
+    import tune
+    from cellseg.config import save_config
+
+    out = tmp_path / "out"
+    saved = load_config(None, [f"name={EXP}", f"output_dir={out}", "data.root=trained_on"])
+    save_config(saved, out / EXP / "fold0" / "config.yaml")
+    cli = tmp_path / "c.yaml"
+    cli.write_text(f"name: {EXP}\noutput_dir: {out}\ndata:\n  root: config_root\n"
+                   "tune:\n  n_trials: 3\n")
+    monkeypatch.chdir(tmp_path)
+    resolved, source = tune.resolve_config(tune.parse_args(["--config", str(cli)]))
+    assert "fold0/config.yaml" in source
+    assert resolved.data.root == "trained_on" and resolved.tune.n_trials == 3
+    resolved, _ = tune.resolve_config(tune.parse_args(["--config", str(cli), "--data-dir", "x"]))
+    assert resolved.data.root == "x"

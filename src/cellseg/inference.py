@@ -142,13 +142,17 @@ def resolve_config(
 ) -> tuple[Config, Path, Path | None]:
     """The config an inference run uses, and the experiment folder it reads.
 
-    Why two configs: the model and its default post-processing must be those the experiment
-    was trained with (its saved ``fold<K>/config.yaml``), while where the data is and how to
-    infer (TTA, heads, batch size) belong to this run.
+    The one rule every command after training uses (``tune.py``, ``infer.py``, ``package.py``,
+    the kernel): the model, its default post-processing and the data root the folds were
+    trained on come from the experiment's saved ``fold<K>/config.yaml``; how to run this
+    command (``infer`` and ``tune`` sections: TTA, heads, batch size, trials) may come from
+    an explicit ``--config``.
 
     Rules: ``config_path`` (+ ``overrides``, + ``exp`` as the name) locates the experiment
     (``<output_dir>/<name>``). If it has a saved config, that is the base; an explicitly
-    given ``--config`` then replaces its ``data`` and ``infer`` sections. ``overrides``
+    given ``--config`` then replaces its ``infer`` and ``tune`` sections, never its ``data``
+    (a config file naming another data root must not silently move the experiment to other
+    data: pass ``--data-dir`` / ``--set data.root=...`` for that). ``overrides``
     (``--set k=v``) apply last, to whichever base is used.
 
     Returns:
@@ -170,7 +174,7 @@ def resolve_config(
         raise ConfigError(f"saved experiment config: {exc}") from None
     keep = {"name": cli_cfg.name, "output_dir": cli_cfg.output_dir}
     if config_explicit:
-        keep.update(data=cli_cfg.data, infer=cli_cfg.infer)
+        keep.update(infer=cli_cfg.infer, tune=cli_cfg.tune)
     return dataclasses.replace(saved_cfg, **keep), exp_dir, saved
 
 
