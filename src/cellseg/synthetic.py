@@ -4,9 +4,9 @@ Why: the real data (and a GPU) are not always at hand, yet every stage of the pi
 targets, folds, training, tuning, inference, scoring) must run end to end. The generator makes
 a data root that looks and behaves like the competition's: the same CSV columns and RLE
 convention, one cell type per image, per-type counts and sizes drawn from the real statistics
-(DESIGN.md section 2), crowded *touching* shsy5y clusters (the instance-separation problem),
-a few annotations that overlap a neighbour by a few pixels (as real annotations do), and
-unannotated debris and neurites.
+(DESIGN.md section 2, refined on the labelled real subset), crowded *touching* shsy5y
+clusters (the instance-separation problem), annotations that overlap a neighbour by a few
+pixels (as real annotations do; most among astro), and unannotated debris and neurites.
 
 How an image is made (all vectorised or one OpenCV call per cell, no per-pixel Python):
 1. Shapes: star-shaped polygons (ellipse x low-order harmonics; shsy5y elongated and bent,
@@ -32,20 +32,24 @@ real test images have std 6.8 / 8.9 / 11.4 and quiet-background std 1.0 / 1.2 / 
 
     statistic                               real    shsy5y   astro    cort
     image mean                              128.0   128.0    128.0    128.0
-    image std                               14.7    8.7      4.7      3.5
-    background mean (>= 4 px from cells)    128.1   130.3    128.5    128.1
-    background std                          11.4    5.0      3.1      2.7
-    quiet background std (20% calmest)      5.8     2.8      1.5      1.3
-    cell interior mean (eroded 2 px)        119.4   120.5    123.8    117.4
-    ring 1-2 px outside cells, mean         129.8   137.4    132.7    140.3
-    edge gradient / background gradient     2.0     4.1      3.4      9.8
-    cell coverage                           0.30    0.29     0.16     0.02
+    image std                               14.7    8.8      6.0      9.8
+    background mean (>= 4 px from cells)    128.1   128.8    128.9    128.2
+    background std                          11.4    6.2      3.0      9.1
+    quiet background std (20% calmest)      5.8     2.5      1.4      2.6
+    cell interior mean (eroded 2 px)        119.4   123.4    127.8    116.9
+    ring 1-2 px outside cells, mean         129.8   133.6    129.4    132.3
+    edge gradient / background gradient     2.0     3.0      4.5      2.9
+    cell coverage                           0.30    0.15     0.18     0.02
 
-Cell bodies are as dark as the real ones; halos are brighter and edges sharper (gradient ratio
-4 vs 2), so that a small network trained for minutes on CPU can learn them; the background
-is calmer than this real image, which is covered by a dense mesh of neurites and membranes.
-Counts and sizes (100 images, seed 0): shsy5y 139 / 346 / 629 cells per image (min / median
-/ max), median area 306 px; astro 15 / 70 / 199, 592 px; cort 9 / 30 / 108, 224 px.
+The per-type parameters (``STYLES``) were tuned toward the 40 labelled images of the real
+subset with ``bench/synthetic_vs_real.py`` (cells per image, area percentiles, elongation,
+touching and overlapping annotations, contrast and halo in units of the background std,
+texture inside cells vs background; before / after in ``bench/results/synthetic_vs_real.md``).
+Most figures are now within about 30% of the real ones; the background is still calmer than
+real (busy real backgrounds of neurites, membranes and dead cells), and real astro
+annotations are more often hollow. Counts and sizes (100 images, seed 0): shsy5y 146 / 331 /
+781 cells per image (min / median / max), median area 153 px; astro 25 / 74 / 191, 769 px;
+cort 10 / 30 / 92, 230 px.
 """
 
 from __future__ import annotations
@@ -108,39 +112,49 @@ class CellStyle:
     debris_per_cell: float  # debris clumps per cell
     mesh: tuple[float, float]  # density range of the unannotated membrane mesh (0 = none)
     mesh_amp: float  # its line contrast
+    # Optional look features (defaults keep the original look and random draws).
+    debris_blobs: tuple[int, int] = (1, 9)  # blobs per debris clump (min, max)
+    neurite_core: float = -22.0  # gray levels of a neurite's dark core
+    neurite_halo: float = 9.0  # and of its bright flanks
 
 
 STYLES: dict[str, CellStyle] = {
-    # Neuroblastoma: small elongated spindles, crowded into touching clusters.
+    # Values tuned toward the labelled real subset (bench/synthetic_vs_real.py; results in
+    # bench/results/synthetic_vs_real.md): counts, areas, elongation, touching / overlapping
+    # annotations, contrast and halo in units of the background std, texture.
+    # Neuroblastoma: small elongated cells with spiky ends, crowded into touching clusters.
     "shsy5y": CellStyle(
-        count_median=320, count_sigma=0.45, count_min=75, count_max=790,
-        area_median=300, area_sigma=0.5, area_min=50, area_max=900,
-        aspect=(1.8, 4.0), harmonics=0.2, bend=0.2, processes=(0, 2), process_length=0.8,
-        cluster_size=14, loose_fraction=0.12, spread=0.75, max_overlap=0.3,
+        count_median=360, count_sigma=0.35, count_min=75, count_max=790,
+        area_median=140, area_sigma=0.6, area_min=30, area_max=900,
+        aspect=(1.3, 3.2), harmonics=0.2, bend=0.2, processes=(0, 2), process_length=0.8,
+        cluster_size=18, loose_fraction=0.08, spread=0.6, max_overlap=0.3,
         overlap_fraction=0.15,
-        body=-9.0, body_sd=3.5, texture=6.0, granules=-14.0, rim=-14.0, halo=15.0,
-        border=13.0, edge_width=1.2, neurites_per_cell=1.2, neurite_length=60,
-        debris_per_cell=0.04, mesh=(0.4, 1.0), mesh_amp=60.0),
-    # Astrocytes: large, irregular, faint edges, thin processes; loosely grouped.
+        body=-4.0, body_sd=3.5, texture=18.0, granules=-20.0, rim=-18.0, halo=11.0,
+        border=13.0, edge_width=1.2, neurites_per_cell=2.5, neurite_length=60,
+        debris_per_cell=0.04, mesh=(0.4, 1.0), mesh_amp=80.0),
+    # Astrocytes: large, very irregular and elongated, long thin processes, faint bodies;
+    # grouped, with many overlapping annotations.
     "astro": CellStyle(
-        count_median=73, count_sigma=0.6, count_min=5, count_max=200,
-        area_median=600, area_sigma=0.6, area_min=120, area_max=3500,
-        aspect=(1.2, 2.5), harmonics=0.2, bend=0.2, processes=(1, 4), process_length=1.2,
-        cluster_size=5, loose_fraction=0.3, spread=0.8, max_overlap=0.2,
-        overlap_fraction=0.08,
-        body=-4.0, body_sd=3.5, texture=8.0, granules=-10.0, rim=-6.0, halo=7.0,
-        border=6.0, edge_width=2.0, neurites_per_cell=1.0, neurite_length=110,
+        count_median=73, count_sigma=0.5, count_min=5, count_max=200,
+        area_median=800, area_sigma=0.8, area_min=60, area_max=8000,
+        aspect=(1.8, 6.0), harmonics=0.3, bend=0.2, processes=(2, 5), process_length=2.0,
+        cluster_size=8, loose_fraction=0.15, spread=0.6, max_overlap=0.35,
+        overlap_fraction=0.35,
+        body=-0.5, body_sd=3.5, texture=12.0, granules=-10.0, rim=-22.0, halo=3.5,
+        border=6.0, edge_width=1.2, neurites_per_cell=1.0, neurite_length=110,
         debris_per_cell=0.03, mesh=(0.2, 0.9), mesh_amp=36.0),
-    # Cortical neurons: small round bodies, sparse, long unannotated neurites.
+    # Cortical neurons: small round textured bodies, sparse, on a busy background of long
+    # dark unannotated neurites and many small dead-cell specks.
     "cort": CellStyle(
-        count_median=30, count_sigma=0.6, count_min=4, count_max=108,
+        count_median=30, count_sigma=0.5, count_min=4, count_max=108,
         area_median=205, area_sigma=0.35, area_min=60, area_max=600,
-        aspect=(1.0, 1.5), harmonics=0.06, bend=0.05, processes=(0, 1), process_length=0.6,
-        cluster_size=2, loose_fraction=0.6, spread=0.8, max_overlap=0.1,
-        overlap_fraction=0.05,
-        body=-10.0, body_sd=3.0, texture=3.0, granules=-12.0, rim=-16.0, halo=24.0,
-        border=14.0, edge_width=1.2, neurites_per_cell=2.0, neurite_length=90,
-        debris_per_cell=0.06, mesh=(0.1, 0.6), mesh_amp=36.0),
+        aspect=(1.0, 1.9), harmonics=0.06, bend=0.05, processes=(0, 1), process_length=0.6,
+        cluster_size=4, loose_fraction=0.3, spread=0.8, max_overlap=0.3,
+        overlap_fraction=0.5,
+        body=-6.0, body_sd=3.0, texture=35.0, granules=-20.0, rim=-16.0, halo=16.0,
+        border=14.0, edge_width=1.2, neurites_per_cell=8.0, neurite_length=150,
+        debris_per_cell=12.0, mesh=(0.4, 1.0), mesh_amp=100.0,
+        debris_blobs=(1, 2), neurite_core=-30.0, neurite_halo=6.0),
 }
 
 
@@ -419,7 +433,7 @@ def _debris(rng: np.random.Generator, style: CellStyle, n_cells: int, free: np.n
     centres = cand[ok][:n_clumps]
     rs = max(s, 0.4)
     for cx, cy in centres:
-        k = int(rng.integers(1, 10))
+        k = int(rng.integers(style.debris_blobs[0], style.debris_blobs[1] + 1))
         offs = rng.normal(0, 3.0 * rs * np.sqrt(k), (k, 2))
         radii = rng.uniform(1.5, 3.5, k) * rs
         for (ox, oy), r in zip(offs, radii):
@@ -521,7 +535,7 @@ def _render(style: CellStyle, rng: np.random.Generator, labels: np.ndarray, s: f
     else:
         starts = rng.uniform((0, 0), (w, h), (n_neur, 2))
     core, nhalo = _neurites(rng, style, starts, s, shape)
-    img += 9.0 * nhalo - 22.0 * core
+    img += style.neurite_halo * nhalo + style.neurite_core * core
     dcore, dring = _debris(rng, style, n, d_out > 4 * rs, s)
     img += 28.0 * dring * (~cell) - 62.0 * dcore * (~cell)
 
