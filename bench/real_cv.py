@@ -252,15 +252,19 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["cell_type"], r["images"], r["untuned"], r["tuned_held_out"],
              r["tuned_in_sample"], r["as_inferred"], r["type_accuracy"]]
             for r in results["summary"]]
+    from cellseg.errors import SIZE_BINS
+
     err_cols = ["cell_type", "images", "tp", "fn", "fp", "merges", "splits",
-                "precision@0.5", "recall@0.5", "mean_matched_iou"]
+                "precision@0.5", "recall@0.5", "mean_iou",
+                *(f"miss_rate_{b}" for b in SIZE_BINS)]
     err_rows = [[e.get(c, "") for c in err_cols] for e in results["errors"]]
     body = (f"Config `{args.config}`, experiment `{args.exp}`, folds {folds} of {args.n_folds} "
             f"({len(results['per_image'])} out-of-fold real images). Chain "
             f"(make_folds + train + tune) {results['chain_minutes']} min; per fold: "
             f"{train_s}.\n\n"
             + markdown_table(headers, rows, digits=4)
-            + "\n\nError analysis at IoU 0.5 (tuned post-processing, true cell type):\n\n"
+            + "\n\nError analysis at IoU 0.5 (tuned post-processing, true cell type; "
+            "mean_iou = mean IoU of matched cells; miss rates by true-cell area in px):\n\n"
             + markdown_table(err_cols, err_rows, digits=3)
             + "\n\nPictures: " + ", ".join(f"`{p}`" for p in results["pictures"]) + "\n")
     notes = ["Scores are the competition metric (mean over IoU 0.50-0.95) averaged over "
