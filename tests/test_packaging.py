@@ -78,6 +78,7 @@ def fake_experiment(output: Path, name: str = "exp", folds=(0, 1), postprocess: 
                     fold / "config.yaml")
         if finished:
             (fold / "result.json").write_text("{}")
+        (fold / "cell_type_classifier.json").write_text('{"fold": %d}' % k)
     if postprocess:
         save_params(exp, {"method": "deep", "cell_types": {
             "cort": {"params": {"seed_threshold": 0.6}}}})
@@ -148,8 +149,8 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
     assert (out / "configs" / "default.yaml").is_file()
     for k in (0, 1):
         fold = out / "models" / "exp" / f"fold{k}"
-        assert sorted(p.name for p in fold.iterdir()) == ["best.keras", "config.yaml",
-                                                          "result.json"]
+        assert sorted(p.name for p in fold.iterdir()) == [
+            "best.keras", "cell_type_classifier.json", "config.yaml", "result.json"]
         assert (fold / "best.keras").read_bytes() == b"model of fold %d" % k
     assert (out / "models" / "exp" / "postprocess.yaml").is_file()
     meta = json.loads((out / "dataset-metadata.json").read_text())

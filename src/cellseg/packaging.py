@@ -14,7 +14,7 @@ without ``--dir-mode zip`` the Kaggle CLI skips sub-folders)::
     cellseg-package.json         manifest: experiment, folds, sizes and sha256 of every file
     cellseg/                     copy of src/cellseg (no __pycache__)
     configs/*.yaml               the project's configs (the kernel may pick one)
-    models/<exp>/fold<K>/        best.keras, config.yaml, result.json
+    models/<exp>/fold<K>/        best.keras, config.yaml, result.json, cell_type_classifier.json
     models/<exp>/postprocess.yaml   tuned post-processing, when tune.py was run
     wheels/                      optional: *.whl + requirements.txt for an offline pip install
 
@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .celltype import CLASSIFIER_FILE
 from .config import Config, ConfigError, load_config
 from .inference import (
     BEST_MODEL,
@@ -425,7 +426,7 @@ def build_package(
         for k, model_path in models:
             fold_dest = dest_exp / f"fold{k}"
             fold_dest.mkdir(parents=True)
-            for name in (BEST_MODEL, SAVED_CONFIG, RESULT_FILE):
+            for name in (BEST_MODEL, SAVED_CONFIG, RESULT_FILE, CLASSIFIER_FILE):
                 if (model_path.parent / name).is_file():
                     shutil.copy2(model_path.parent / name, fold_dest / name)
         has_post = (exp_dir / POSTPROCESS_FILE).is_file()
