@@ -135,7 +135,10 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
     from cellseg.postprocess import decode_with_params
     from cellseg.tuned import load_params
     from cellseg.tuning import load_eval_sets
-    from cellseg.viz import plot_iou_hist, save_error_overlay
+    import cv2
+
+    from cellseg import fileio
+    from cellseg.viz import error_overlay, plot_iou_hist
 
     data = TrainData(cfg.data.root)
     sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
@@ -185,9 +188,13 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
         es = sets[r.cell_type]
         probs = oof.dequantize(es.inputs[es.ids.index(r.id)])
         labels = decode_with_params(probs, tuned[r.cell_type])
-        path = pictures / f"{kind}_{r.cell_type}_{r.id}.png"
-        save_error_overlay(path, data.load_image(r.id), data.load_instances(r.id).labels,
-                           labels, by_id[r.id])
+        # JPEG: three 704 x 520 panels of a phase-contrast image are ~1.8 MB as PNG.
+        path = pictures / f"{kind}_{r.cell_type}_{r.id}.jpg"
+        panel = error_overlay(data.load_image(r.id), data.load_instances(r.id).labels,
+                              labels, by_id[r.id])
+        with fileio.atomic_path(path, suffix=".tmp.jpg") as tmp:
+            cv2.imwrite(str(tmp), cv2.cvtColor(panel, cv2.COLOR_RGB2BGR),
+                        [cv2.IMWRITE_JPEG_QUALITY, 85])
         drawn.append(str(path.relative_to(REPO)))
     by_type: dict[str, list] = {}
     for _, cell_type, rec in records:

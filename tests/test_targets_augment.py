@@ -105,3 +105,21 @@ def test_balanced_sampling_draws_rare_types():
     types = np.concatenate([batches[i][1]["cell_type"] for i in range(20)])
     share = float((types == 0).mean())  # shsy5y is index 0: 1 of 19 images
     assert 0.35 < share < 0.65
+
+
+def test_band_radius_cap_changes_targets_and_cache_key(tmp_path):
+    """A capped band (train.border_radius_max) is thinner and cached under another key."""
+    from cellseg.targets import border_radius
+
+    s = (80, 80)
+    a, b = box(s, 10, 50, 10, 40), box(s, 10, 50, 40, 70)  # big touching cells: radius 4
+    rows = [rle.encode(a), rle.encode(b)]
+    inst = decode_instances(rows, s)
+    assert border_radius(inst) == 4 and border_radius(inst, max_radius=2) == 2
+    wide, thin = make_targets(inst), make_targets(inst, max_radius=2)
+    assert thin[..., 1].sum() < wide[..., 1].sum()
+    assert annotation_key(rows) != annotation_key(rows, max_radius=2)
+    got = TargetCache(tmp_path, max_radius=2).get("a", rows, lambda: inst)
+    np.testing.assert_array_equal(got, thin)
+    again = TargetCache(tmp_path).get("a", rows, lambda: inst)  # default cap: not the thin one
+    np.testing.assert_array_equal(again, wide)

@@ -80,6 +80,7 @@ class TrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     cell_type_weight: float = 0.1
+    border_radius_max: int = 4  # cap of the touching band's half-width (cellseg.targets)
     mixed_precision: bool = False
     xla: bool = False
     workers: int = 2

@@ -21,7 +21,7 @@ from .config import Config
 from .constants import CELL_TYPE_INDEX
 from .data import Instances, TrainData
 from .predict import normalize_image
-from .targets import TargetCache, make_targets
+from .targets import DEFAULT_MAX_RADIUS, TargetCache, make_targets
 
 
 @dataclass
@@ -36,9 +36,12 @@ class Sample:
 
 
 def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None = None,
-                 keep_instances: bool = False, desc: str = "loading") -> list[Sample]:
-    """Load images and (cached) targets of ``ids``, with a progress bar."""
-    cache = TargetCache(cache_dir) if cache_dir else None
+                 keep_instances: bool = False, desc: str = "loading",
+                 max_radius: int = DEFAULT_MAX_RADIUS) -> list[Sample]:
+    """Load images and (cached) targets of ``ids``, with a progress bar.
+
+    ``max_radius``: cap of the touching band's half-width (``train.border_radius_max``)."""
+    cache = TargetCache(cache_dir, max_radius) if cache_dir else None
     annotations = data.table["annotation"].to_numpy()
     samples = []
     for image_id in tqdm(ids, desc=desc, unit="img", leave=False):
@@ -49,7 +52,7 @@ def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None =
             targets = cache.get(image_id, annotations[rows],
                                 lambda i=image_id, inst=inst: inst or data.load_instances(i))
         else:
-            targets = make_targets(inst)
+            targets = make_targets(inst, max_radius=max_radius)
         samples.append(Sample(image_id, data.cell_type(image_id), image, targets,
                               inst if keep_instances else None))
     return samples

@@ -365,8 +365,10 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.root) / ".cache")
     print(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation images "
           f"-> {fold_dir} (replicas: {strategy.num_replicas_in_sync})", flush=True)
-    train_samples = load_samples(data, train_ids, cache_dir, desc="train images")
-    val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True,
+    radius = cfg.train.border_radius_max
+    train_samples = load_samples(data, train_ids, cache_dir, desc="train images",
+                                 max_radius=radius)
+    val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True, max_radius=radius,
                                desc="val images")
 
     classifier = train_cell_type_classifier(train_samples, cfg.seed)
