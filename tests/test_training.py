@@ -83,7 +83,8 @@ def test_training_writes_every_output(trained):
 def test_saved_model_reloads_and_predicts_the_same(trained):
     import keras
 
-    import cellseg.schedules  # noqa: F401  (registers custom objects)
+    import cellseg.losses  # noqa: F401  (registers custom objects: the compiled losses,
+    import cellseg.schedules  # noqa: F401  the learning-rate schedule)
     from cellseg.predict import predict_images
 
     tmp, *_ = trained
@@ -170,3 +171,31 @@ def test_multiworker_strategy_two_local_processes(tmp_path):
     # Both workers took the same synchronous steps: identical training loss.
     losses = [float(out.split("[epoch 1/1] loss=")[1].split()[0]) for out, _ in outs]
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_curves_drawn_on_scored_epochs_and_at_the_end(tmp_path, monkeypatch):
+    """history.csv / state.json / last.keras every epoch; the curves PNG (matplotlib, ~0.3 s)
+    only when a validation score is added and on the last epoch."""
+    import keras
+
+    from cellseg import training
+    from cellseg.config import config_from_dict
+
+    cfg = config_from_dict({"name": "t", "train": {"epochs": 5, "score_every": 2}})
+    drawn: list[int] = []
+    monkeypatch.setattr(training, "plot_curves",
+                        lambda history, path, title="": drawn.append(int(history["epoch"].max())))
+    monkeypatch.setattr(training, "validate_images",
+                        lambda *a, **k: ({"val_score": 0.5, "val_loss": 1.0}, None, None))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
+    monitor = training.FoldMonitor(cfg, tmp_path, [], state, [], write=True)
+    monitor.set_model(model)
+    for epoch in range(5):
+        monitor.on_epoch_begin(epoch)
+        monitor.on_epoch_end(epoch, {"loss": 1.0})
+    assert drawn == [1, 3, 4]
+    assert pd.read_csv(tmp_path / "history.csv")["epoch"].tolist() == [0, 1, 2, 3, 4]
+    assert json.loads((tmp_path / "state.json").read_text())["epoch"] == 5
+    assert (tmp_path / "last.keras").is_file() and (tmp_path / "best.keras").is_file()

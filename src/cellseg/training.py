@@ -232,14 +232,19 @@ class FoldMonitor(keras.callbacks.Callback):
         with fileio.atomic_path(self._out("history.csv")) as tmp:
             history.to_csv(tmp, index=False)
         fileio.write_text(self._out(STATE_FILE), json.dumps(self.state, indent=2))
-        plot_curves(history, self._out("curves.png"), title=f"{self.cfg.name} fold")
+        budget_stop = self._over_budget() and not self.model.stop_training
+        if scored or budget_stop or self.model.stop_training:
+            # The PNG costs ~0.3 s of matplotlib (1-2 % of a CPU epoch; bench/bench_epoch.py)
+            # and between scores it only gains training points: draw it when a validation
+            # score is added and when training ends (history.csv has every epoch).
+            plot_curves(history, self._out("curves.png"), title=f"{self.cfg.name} fold")
         summary = " ".join(f"{k}={row[k]:.4f}" for k in
                            ("loss", "val_loss", "val_body_iou", "val_cell_type_acc",
                             "val_score") if k in row)
         print(f"\n[epoch {epoch + 1}/{tcfg.epochs}] {summary} "
               f"best_score={self.state.get('best_score', float('nan')):.4f} "
               f"({row['epoch_s']:.0f}s)", flush=True)
-        if self._over_budget() and not self.model.stop_training:
+        if budget_stop:
             print(f"time budget of {tcfg.time_budget_min} min reached; stopping")
             self.model.stop_training = True
 
