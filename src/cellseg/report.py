@@ -326,8 +326,8 @@ def _eval_section(page: _Page, eval_dir: Path) -> None:
     if not files:
         page.skip("prediction overlays", f"no PNG in {overlays}")
         return
-    page.text("Green: true outlines; magenta: predicted outlines; right: one colour per "
-              "predicted cell.")
+    page.text("Image | true cells | predicted cells, coloured by error kind at IoU 0.5: green "
+              "matched, red missed, orange false positive, magenta merge, cyan split.")
     for p in sorted(files, key=lambda p: (not p.name.startswith("best"), p.name)):
         tag = p.stem.split("_")
         caption = (f"{tag[0]} #{int(tag[1])}: {'_'.join(tag[2:])}" if len(tag) > 2
