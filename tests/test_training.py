@@ -49,7 +49,8 @@ def trained(tmp_path_factory):
     """One 2-epoch run of fold 0, shared by the tests that only read its outputs."""
     tmp = tmp_path_factory.mktemp("train")
     root = make_tiny_root(tmp / "data")
-    config = tiny_config(tmp, root)
+    # max_val_images=1: per-epoch scoring on one image, while the OOF maps cover all of them.
+    config = tiny_config(tmp, root, max_val_images=1)
     proc = run_train("--fold", "0", "--config", str(config))
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp, root, config, proc
@@ -75,8 +76,18 @@ def test_training_writes_every_output(trained):
         assert data["probs"].dtype == np.uint8 and data["probs"].shape == (64, 96, 2)
         assert data["cell_type_probs"].shape == (3,)
         assert abs(float(data["cell_type_probs"].sum()) - 1.0) < 1e-3
+    assert len(val_ids) > 1  # more than max_val_images, and every one has OOF maps
     result = json.loads((fold_dir / "result.json").read_text())
     assert result["n_val_images"] == len(val_ids) and result["epochs_run"] == 2
+    scores = pd.read_csv(fold_dir / "oof_scores.csv", dtype={"id": str})
+    assert sorted(scores["id"]) == val_ids
+    for col in ("tp", "fn", "fp", "merges", "splits", "mean_iou", "pred_cell_type"):
+        assert col in scores.columns, col
+    assert (scores["tp"] + scores["fn"] == scores["n_true"]).all()
+    from cellseg.celltype import CLASSIFIER_FILE, CellTypeClassifier
+
+    clf = CellTypeClassifier.load(fold_dir / CLASSIFIER_FILE)
+    assert sum(clf.n_train.values()) == 9 - len(val_ids)
     assert "[epoch 2/2]" in proc.stdout
 
 
