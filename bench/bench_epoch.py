@@ -200,7 +200,7 @@ class Bench:
         from cellseg.model import build_model, output_names
         from cellseg.pipeline import load_samples
         from cellseg.schedules import WarmupCosine
-        from cellseg.training import train_cell_type_classifier
+        from cellseg.training import classifier_probs, train_cell_type_classifier
 
         self.tmp = tmp
         self.steps = args.steps
@@ -220,6 +220,7 @@ class Bench:
         self.val_samples = load_samples(data, ids[:n_val], cache, keep_instances=True,
                                         max_radius=radius, desc="val images")
         self.classifier = train_cell_type_classifier(self.train_samples, cfg.seed)
+        self.type_probs = classifier_probs(self.classifier, self.val_samples)
         keras.utils.set_random_seed(cfg.seed)
         if cfg.train.mixed_precision:
             keras.mixed_precision.set_global_policy("mixed_float16")
@@ -296,7 +297,7 @@ class Bench:
         state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
         history = getattr(self, "history", [])
         monitor = FoldMonitor(self.cfg, fold_dir, self.val_samples, state, history, write=True,
-                              classifier=self.classifier, eval_model=self.model)
+                              type_probs=self.type_probs, eval_model=self.model)
         monitor.set_model(self.model)
 
         meter = Meter()
@@ -313,7 +314,7 @@ class Bench:
         out["curves_png"] = meter.stop()
         meter = Meter()
         validate_images(self.model, self.val_samples, self.cfg, heads="mean",
-                        classifier=self.classifier)
+                        type_probs=self.type_probs)
         out["validation"] = meter.stop()
         out["validation"]["images"] = len(self.val_samples)
 
@@ -350,7 +351,7 @@ class Bench:
         self.steps = steps
         if monitor:
             validate_images(self.model, self.val_samples[:1], self.cfg,
-                            classifier=self.classifier)
+                            type_probs=self.type_probs)
             plot_curves(pd.DataFrame([{"epoch": 0, "loss": 1.0}]), self.tmp / "warm.png")
             self.model.save(self.tmp / "warm.keras")
 

@@ -110,13 +110,14 @@ def _dice_loss(p: np.ndarray, t: np.ndarray) -> float:
 
 def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "mean",
                     tta: list[str] | None = None,
-                    classifier: CellTypeClassifier | None = None,
+                    type_probs: dict[str, np.ndarray] | None = None,
                     errors: bool = False) -> tuple[dict[str, float], pd.DataFrame,
                                                    list[tuple[np.ndarray, np.ndarray]]]:
     """Predict every validation image and measure it.
 
-    ``classifier``: the fold's whole-image cell-type classifier; when given, its probabilities
-    replace the network head's (they are what inference uses). ``errors``: add the error
+    ``type_probs``: image id -> the fold's whole-image classifier probabilities (computed once
+    per fold: the images do not change between epochs); when given they replace the network
+    head's (they are what inference uses). ``errors``: add the error
     analysis columns (tp, fn, fp, merges, splits, mean_iou at IoU 0.5) to each row.
 
     Returns:
@@ -128,8 +129,8 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
         x = normalize_image(s.image)[None]
         probs, ct = predict_images(models, x, heads=heads, tta=tta or ["identity"], batch_size=1)
         probs, ct = probs[0], ct[0]
-        if classifier is not None:
-            ct = classifier.predict_images([s.image])[0]
+        if type_probs is not None:
+            ct = type_probs[s.image_id]
         preds.append((probs, ct))
         t = s.targets.astype(np.float32)
         loss = 0.0
@@ -166,9 +167,9 @@ class FoldMonitor(keras.callbacks.Callback):
     def __init__(self, cfg: Config, fold_dir: Path, val_samples: list[Sample],
                  state: dict[str, Any], history: list[dict[str, Any]], write: bool,
                  eval_model: keras.Model | None = None, allow_stop: bool = True,
-                 classifier: CellTypeClassifier | None = None) -> None:
+                 type_probs: dict[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        self.classifier = classifier
+        self.type_probs = type_probs
         self.eval_model = eval_model
         # Multi-worker: each worker validates with its own (unsynced) batch-norm statistics,
         # so their early-stopping/time decisions could differ and leave one worker waiting on
@@ -210,7 +211,7 @@ class FoldMonitor(keras.callbacks.Callback):
             if eval_model is not self.model:
                 eval_model.set_weights(self.model.get_weights())
             metrics, _, _ = validate_images(eval_model, self.val_samples, self.cfg, heads="mean",
-                                         classifier=self.classifier)
+                                         type_probs=self.type_probs)
             logs.update(metrics)
             score = metrics["val_score"]
             if score > self.state.get("best_score", -1.0):
@@ -380,6 +381,7 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     if chief:
         classifier.save(fold_dir / CLASSIFIER_FILE)
     monitor_samples = [s for s in val_samples if s.image_id in set(monitor_ids)]
+    val_type_probs = classifier_probs(classifier, val_samples)
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
     history: list[dict[str, Any]] = []
@@ -408,7 +410,7 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
                            steps=steps, seed=cfg.seed + 1000 * fold)
     batches.epoch = int(state["epoch"])
     monitor = FoldMonitor(cfg, fold_dir, monitor_samples, state, history, write=chief,
-                          classifier=classifier,
+                          type_probs=val_type_probs,
                           eval_model=local_copy(model, strategy),
                           allow_stop=not _is_multiworker(strategy))
     t0 = time.time()
@@ -433,10 +435,11 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
                             f"validation (raise train.epochs or train.time_budget_min)")
     model = keras.saving.load_model(best_path)
     classifier_path = fold_dir / CLASSIFIER_FILE
-    classifier = CellTypeClassifier.load(classifier_path) if classifier_path.is_file() else None
+    type_probs = (classifier_probs(CellTypeClassifier.load(classifier_path), val_samples)
+                  if classifier_path.is_file() else None)
     t0 = time.time()
     metrics, table, preds = validate_images(model, val_samples, cfg, heads=cfg.infer.heads,
-                                            tta=cfg.infer.tta, classifier=classifier,
+                                            tta=cfg.infer.tta, type_probs=type_probs,
                                             errors=True)
     for s, (probs, ct) in zip(val_samples, preds):
         oof.save_oof(fold_dir, s.image_id, probs, ct)
@@ -469,6 +472,13 @@ def train_cell_type_classifier(samples: list[Sample], seed: int = 0) -> CellType
     """The whole-image cell-type classifier of a fold, from its training images."""
     feats = np.stack([image_features(s.image) for s in samples])
     return CellTypeClassifier.fit(feats, [s.cell_type for s in samples], seed=seed)
+
+
+def classifier_probs(classifier: CellTypeClassifier, samples: list[Sample]
+                     ) -> dict[str, np.ndarray]:
+    """Image id -> whole-image cell-type probabilities of ``samples``."""
+    probs = classifier.predict_images([s.image for s in samples])
+    return {s.image_id: p for s, p in zip(samples, probs)}
 
 
 def require_data(cfg: Config) -> None:
