@@ -18,7 +18,9 @@ Runs exactly the user's commands (``make_folds.py``, ``train.py --fold K --confi
 Also: whole-image cell-type accuracy per type (the fold classifiers, out of fold), the error
 analysis per type (misses, false positives, merges, splits at IoU 0.5), overlays of the best
 and worst images coloured by error kind, and the wall time of every step. Results:
-``bench/results/real_cv.{md,json}`` and ``bench/results/real_cv/`` (pictures). When
+``bench/results/real_cv.{md,json}`` and ``bench/results/real_cv/iou_hist.png``; the overlays
+show real competition pixels, so they go to the git-ignored ``output/bench/real_cv/`` (real
+data stays out of the repository). When
 ``../shared/real_subset`` is absent it prints a note and exits 0 (a user's clone has no
 ``shared/``).
 """
@@ -123,7 +125,7 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
 
 
 def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int,
-            pictures: Path) -> dict[str, Any]:
+            pictures: Path, overlays: Path) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
@@ -179,6 +181,7 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
     errors = error_table(records)
     err_summary = error_summary(errors)
     pictures.mkdir(parents=True, exist_ok=True)
+    overlays.mkdir(parents=True, exist_ok=True)
     order = table.sort_values("tuned_in_sample")
     chosen = [("worst", r) for r in order.head(n_overlays).itertuples()] + \
              [("best", r) for r in order.tail(n_overlays).itertuples()]
@@ -189,7 +192,7 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
         probs = oof.dequantize(es.inputs[es.ids.index(r.id)])
         labels = decode_with_params(probs, tuned[r.cell_type])
         # JPEG: three 704 x 520 panels of a phase-contrast image are ~1.8 MB as PNG.
-        path = pictures / f"{kind}_{r.cell_type}_{r.id}.jpg"
+        path = overlays / f"{kind}_{r.cell_type}_{r.id}.jpg"
         panel = error_overlay(data.load_image(r.id), data.load_instances(r.id).labels,
                               labels, by_id[r.id])
         with fileio.atomic_path(path, suffix=".tmp.jpg") as tmp:
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     chain_s = time.time() - t_chain
     print("analysing OOF maps ...", flush=True)
     results = analyse(cfg, exp_dir, folds, n_trials, args.n_overlays,
-                      RESULTS_DIR / args.name)
+                      RESULTS_DIR / args.name, REPO / "output" / "bench" / args.name)
     import json
 
     train_s = {}
