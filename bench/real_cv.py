@@ -222,8 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     log: list[dict[str, Any]] = []
     t_chain = time.time()
     link_root(source, root)
-    py = sys.executable
-    del py
     if not args.skip_train:
         if not (root / "folds.csv").is_file():
             run(["src/make_folds.py", "--data-dir", str(root), "--n-folds", str(args.n_folds),

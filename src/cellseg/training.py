@@ -380,7 +380,8 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     classifier = train_cell_type_classifier(train_samples, cfg.seed)
     if chief:
         classifier.save(fold_dir / CLASSIFIER_FILE)
-    monitor_samples = [s for s in val_samples if s.image_id in set(monitor_ids)]
+    monitor_set = set(monitor_ids)
+    monitor_samples = [s for s in val_samples if s.image_id in monitor_set]
     val_type_probs = classifier_probs(classifier, val_samples)
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
