@@ -1,0 +1,133 @@
+"""Pseudo-label unlabelled images with a trained experiment: ``python src/pseudo_label.py``.
+
+    python src/pseudo_label.py --exp EXP --images DIR --out ROOT [--folds 0,1] [--config C]
+        [--min-confidence X] [--min-type-prob P] [--min-kept-fraction F] [--cell-type T]
+        [--heads H] [--tta identity,hflip] [--set k=v ...] [--overwrite] [--no-progress]
+
+The fold ensemble with TTA predicts every image of DIR, each image gets its predicted cell
+type and that type's tuned post-processing (``output/<exp>/postprocess.yaml``), and the cells
+the ensemble is confident of are written as a data root usable as extra training data:
+ROOT/train.csv (competition columns + ``confidence``), ROOT/train/<id>.png, ROOT/pseudo_images.csv
+(every input image: type, probabilities, cells predicted / kept, written or why skipped) and
+ROOT/source.json (experiment, folds, heads, TTA, post-processing, thresholds). A cell is kept
+when its mean body probability is at least max(its type's tuned seed_threshold,
+--min-confidence) and it grew from a seed of its own (see ``cellseg.pseudo``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellseg.cli import int_list, name_list
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+DEFAULT_CONFIG = "configs/default.yaml"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp", help="experiment name (default: the config's name)")
+    p.add_argument("--images", type=Path, required=True, help="folder of unlabelled images")
+    p.add_argument("--out", type=Path, required=True, help="data root to write")
+    p.add_argument("--folds", type=int_list, help="folds to ensemble, e.g. 0,1 "
+                   "(default: infer.folds, or every trained fold)")
+    p.add_argument("--config", default=None,
+                   help=f"YAML config (default: {DEFAULT_CONFIG} if it exists); as for infer.py, "
+                   "the experiment's saved config is the base")
+    p.add_argument("--min-confidence", type=float, default=0.5,
+                   help="lowest confidence kept, on top of each type's tuned seed_threshold "
+                   "(default: %(default)s)")
+    p.add_argument("--min-type-prob", type=float, default=0.6,
+                   help="skip images whose top cell-type probability is lower "
+                   "(default: %(default)s)")
+    p.add_argument("--min-kept-fraction", type=float, default=0.5,
+                   help="skip images keeping fewer of their predicted cells "
+                   "(default: %(default)s)")
+    p.add_argument("--cell-type", help="force one cell type for every image")
+    p.add_argument("--heads", help="mean | last | prune=L (default: infer.heads)")
+    p.add_argument("--tta", type=name_list, help="TTA variants from identity,hflip,vflip,hvflip "
+                   "(default: infer.tta)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value (repeatable)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the data root's files in a non-empty --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def _config_path(arg: str | None) -> str | None:
+    if arg is not None:
+        return arg
+    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return str(candidate)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from cellseg.coco import CocoError
+    from cellseg.config import ConfigError
+    from cellseg.data import DataError
+    from cellseg.inference import resolve_config
+    from cellseg.pseudo import PseudoError, list_images, pseudo_label
+
+    raw_argv = list(sys.argv if argv is None else ["src/pseudo_label.py", *argv])
+    bars: list = []
+    try:
+        for name in ("min_confidence", "min_type_prob", "min_kept_fraction"):
+            value = getattr(args, name)
+            if not 0.0 <= value <= 1.0:
+                raise PseudoError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+        list_images(args.images)  # cheap: fail on a bad folder before TensorFlow starts
+        if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
+            raise PseudoError(f"output directory {args.out} is not empty; pass --overwrite to "
+                              f"replace the data root there")
+        cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,
+                                             exp=args.exp, config_explicit=args.config
+                                             is not None, folds=args.folds)
+        from cellseg.ensemble import FoldEnsemble
+
+        ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads, tta=args.tta,
+                                cell_type=args.cell_type)
+        print(f"experiment {exp_dir}: folds {ens.folds}, heads {ens.heads}, TTA {ens.tta}, "
+              f"cell type from {ens.cell_type_source}", flush=True)
+
+        def progress(n: int, total: int) -> None:
+            if args.no_progress:
+                return
+            if not bars:
+                from tqdm import tqdm
+                bars.append(tqdm(total=total, unit="img", desc="pseudo-label"))
+            bars[0].update(n)
+
+        summary = pseudo_label(
+            ens, args.images, args.out, exp_dir, min_confidence=args.min_confidence,
+            min_type_prob=args.min_type_prob, min_kept_fraction=args.min_kept_fraction,
+            overwrite=args.overwrite, progress=progress,
+            provenance={"command": raw_argv, "exp": exp_dir.name,
+                        "config": str(saved) if saved is not None else args.config})
+    except (PseudoError, CocoError, ConfigError, DataError, ValueError, OSError) as exc:
+        for bar in bars:
+            bar.close()
+        bars.clear()
+        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
+    finally:
+        for bar in bars:
+            bar.close()
+    print(summary)
+    if summary.counts.get("images_written", 0) == 0:
+        print("warning: no image was kept; lower --min-confidence / --min-type-prob / "
+              "--min-kept-fraction or train longer", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
