@@ -11,7 +11,8 @@ ROOT/train.csv (competition columns + ``confidence``), ROOT/train/<id>.png, ROOT
 (every input image: type, probabilities, cells predicted / kept, written or why skipped) and
 ROOT/source.json (experiment, folds, heads, TTA, post-processing, thresholds). A cell is kept
 when its mean body probability is at least max(its type's tuned seed_threshold,
---min-confidence) and it grew from a seed of its own (see ``cellseg.pseudo``).
+(1 + mask_threshold) / 2, --min-confidence) and it grew from a seed of its own (see
+``cellseg.pseudo``).
 """
 
 from __future__ import annotations
@@ -41,8 +42,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"YAML config (default: {DEFAULT_CONFIG} if it exists); as for infer.py, "
                    "the experiment's saved config is the base")
     p.add_argument("--min-confidence", type=float, default=0.5,
-                   help="lowest confidence kept, on top of each type's tuned seed_threshold "
-                   "(default: %(default)s)")
+                   help="lowest confidence kept, on top of each type's threshold from its tuned "
+                   "post-processing (default: %(default)s)")
     p.add_argument("--min-type-prob", type=float, default=0.6,
                    help="skip images whose top cell-type probability is lower "
                    "(default: %(default)s)")

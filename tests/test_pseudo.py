@@ -44,9 +44,9 @@ class FakeEnsemble:
     """FoldEnsemble's interface without TensorFlow: body = image / 255, no border; the cell
     type is cort unless pixel (0, 0) is 1 (then the type probabilities are uncertain)."""
 
-    folds = [0, 1]
+    folds = (0, 1)
     heads = "mean"
-    tta = ["identity", "hflip"]
+    tta = ("identity", "hflip")
     cell_type_override = None
     cell_type_source = "fake"
 
@@ -94,8 +94,12 @@ def test_cell_scores_and_selection():
     # Without a confidence floor the faint seeded disk stays; the unseeded one never does.
     kept, conf, _ = pseudo.select_cells(probs[0], labels, seed_threshold=0.5, threshold=0.5)
     assert conf.size == 3 and kept[CENTRES[UNSEEDED]] == 0
-    assert pseudo.type_thresholds({"cort": {"seed_threshold": 0.6}}, 0.5) == {"cort": 0.6}
-    assert pseudo.type_thresholds({"cort": {"seed_threshold": 0.6}}, 0.8) == {"cort": 0.8}
+    tuned = {"cort": {"seed_threshold": 0.6, "mask_threshold": 0.1}}
+    assert pseudo.type_thresholds(tuned, 0.5) == {"cort": 0.6}
+    assert pseudo.type_thresholds(tuned, 0.8) == {"cort": 0.8}
+    # A mask threshold above the seed's: every cell's mean exceeds it, so the upper half counts.
+    tuned = {"shsy5y": {"seed_threshold": 0.6, "mask_threshold": 0.7}}
+    assert pseudo.type_thresholds(tuned, 0.5) == {"shsy5y": pytest.approx(0.85)}
 
 
 def test_pseudo_root_is_training_data(tmp_path):
@@ -145,6 +149,7 @@ def test_pseudo_root_is_training_data(tmp_path):
     with pytest.raises(ValueError, match="--overwrite"):
         pseudo.pseudo_label(ens, images, out, tmp_path / "exp")
     (out / "keep.txt").write_text("mine")
+    ens.params["cort"]["mask_threshold"] = 0.1  # threshold max(0.5, 0.55, 0) = 0.55
     pseudo.pseudo_label(ens, images, out, tmp_path / "exp", min_confidence=0.0,
                         min_kept_fraction=0.0, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"

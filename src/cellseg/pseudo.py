@@ -11,9 +11,13 @@ train -> label -> train.
 Confidence of a cell: the mean body probability (channel 0) over its pixels, in [0, 1]. A cell
 is kept when
 
-* its confidence is at least the type's threshold, ``max(seed_threshold of the type,
-  min_confidence)``: the tuned seed threshold is the level the post-processing itself trusts
-  as a cell centre, so a kept cell is on average as sure as a seed has to be;
+* its confidence is at least the type's threshold, ``max(seed_threshold, (1 +
+  mask_threshold) / 2, min_confidence)`` with the type's tuned parameters: the seed threshold
+  is the level the post-processing itself trusts as a cell centre, so a kept cell is on
+  average as sure as a seed has to be; and since every pixel of a cell is above
+  ``mask_threshold`` by construction (its mean too), the cell's mean must also lie in the
+  upper half of ``[mask_threshold, 1]`` (with real_cpu-tuned shsy5y, mask 0.70 > seed 0.66,
+  the seed rule alone kept every cell);
 * it grew from a seed of its own: its peak seed score ``body * (1 - border)`` exceeds the
   type's ``seed_threshold`` (``keep_unseeded`` regions, the post-processing's fallback for
   faint blobs, are never kept).
@@ -95,9 +99,15 @@ def cell_scores(probs: np.ndarray, labels: np.ndarray) -> CellScores:
 
 def type_thresholds(params: Mapping[str, Mapping[str, Any]], min_confidence: float
                     ) -> dict[str, float]:
-    """Confidence threshold per cell type: ``max(seed_threshold, min_confidence)``."""
-    return {t: max(float(params[t].get("seed_threshold", 0.5)), float(min_confidence))
-            for t in CELL_TYPES if t in params}
+    """Confidence threshold per cell type:
+    ``max(seed_threshold, (1 + mask_threshold) / 2, min_confidence)``."""
+    out = {}
+    for t in CELL_TYPES:
+        if t in params:
+            seed = float(params[t].get("seed_threshold", 0.5))
+            mask = float(params[t].get("mask_threshold", 0.3))
+            out[t] = max(seed, (1.0 + mask) / 2.0, float(min_confidence))
+    return out
 
 
 def select_cells(probs: np.ndarray, labels: np.ndarray, seed_threshold: float,
@@ -316,7 +326,8 @@ def pseudo_label(
         "postprocess_sha256": _sha256(pp_path),
         "postprocess_params": {t: dict(v) for t, v in ens.params.items()},
         "confidence": "mean body probability inside the cell; kept when >= the type's "
-                      "threshold and the cell's peak seed score > the type's seed_threshold",
+                      "threshold, max(seed_threshold, (1 + mask_threshold) / 2, "
+                      "min_confidence), and the cell's peak seed score > seed_threshold",
         "thresholds": thresholds,
         "min_confidence": float(min_confidence), "min_type_prob": float(min_type_prob),
         "min_kept_fraction": float(min_kept_fraction),
