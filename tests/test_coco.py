@@ -241,6 +241,8 @@ def _broken(doc: dict, which: str) -> dict:
         anns[4]["segmentation"]["size"] = [30, 50]
     elif which == "rle_char":
         anns[4]["segmentation"]["counts"] = "0X1~"
+    elif which == "rle_huge":
+        anns[3]["segmentation"]["counts"] = [2**70, 1]
     elif which == "image_id":
         anns[1]["image_id"] = 99
     elif which == "file":
@@ -255,6 +257,7 @@ def _broken(doc: dict, which: str) -> dict:
     ("rle_sum", "annotation id 4 "),
     ("rle_size", "annotation id 5 "),
     ("rle_char", "annotation id 5 "),
+    ("rle_huge", "annotation id 4 "),
     ("image_id", "annotation id 2 "),
     ("file", "image id 10"),
 ])

@@ -100,7 +100,10 @@ def decode_rle_string(text: str, where: str = "") -> np.ndarray:
         x = k = 0
     if k:
         raise CocoError(f"{prefix}compressed RLE ends in the middle of a count")
-    return np.asarray(counts, np.int64)
+    try:
+        return np.asarray(counts, np.int64)
+    except OverflowError:
+        raise CocoError(f"{prefix}compressed RLE holds a count above 2**63") from None
 
 
 def encode_rle_string(counts: Sequence[int] | np.ndarray) -> str:
@@ -125,7 +128,10 @@ def counts_to_indices(counts: Sequence[int] | np.ndarray, shape: tuple[int, int]
     """Column-major COCO run counts -> sorted flat **row-major** pixel indices of the mask."""
     prefix = f"{where}: " if where else ""
     height, width = shape
-    counts = np.asarray(counts, np.int64)
+    try:
+        counts = np.asarray(counts, np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise CocoError(f"{prefix}RLE counts must be integers below 2**63") from None
     if counts.ndim != 1:
         raise CocoError(f"{prefix}RLE counts must be a flat list of integers")
     if (counts < 0).any():
