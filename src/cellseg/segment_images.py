@@ -384,9 +384,10 @@ def tile_spans(length: int, tile: int, overlap: int, multiple: int = 32) -> list
     return spans
 
 
-def model_multiple(models: Sequence[Any]) -> int:
-    """The input-size multiple the models need (``2**depth``; at least 32)."""
-    out = 32
+def model_multiple(models: Sequence[Any], at_least: int = 32) -> int:
+    """The input-size multiple the models need: ``2**depth`` (what
+    :func:`cellseg.predict.predict_images` pads to), but at least ``at_least``."""
+    out = at_least
     try:
         from .model import model_info
 
