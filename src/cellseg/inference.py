@@ -37,13 +37,11 @@ from typing import Any
 import numpy as np
 
 from . import fileio, oof, rle
-from .celltype import CLASSIFIER_FILE, CellTypeClassifier, CellTypeClassifierError, ensemble_proba
+from .celltype import CLASSIFIER_FILE, CellTypeClassifier, CellTypeClassifierError
 from .config import Config, ConfigError, load_config
 from .constants import CELL_TYPES
 from .data import DataError, read_image
-from .postprocess import decode_with_params
 from .submission import folder_image_shapes, image_rows, write_submission
-from .tuned import load_params
 
 BEST_MODEL = "best.keras"  # the name training writes (cellseg.training.BEST_MODEL)
 RESULT_FILE = "result.json"
@@ -200,7 +198,8 @@ def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------ helpers
-def _check_heads(heads: str) -> None:
+def check_heads(heads: str) -> None:
+    """Raise InferenceError unless ``heads`` is ``mean``, ``last`` or ``prune=L``."""
     if heads in ("mean", "last"):
         return
     if heads.startswith("prune=") and heads[6:].isdigit() and int(heads[6:]) >= 1:
@@ -301,48 +300,22 @@ def run_inference(
         SubmissionError: the produced rows are not a valid submission (nothing written).
     """
     out_path = Path(out_path)
-    heads = cfg.infer.heads if heads is None else heads
-    tta = list(cfg.infer.tta if tta is None else tta)
-    folds = list(cfg.infer.folds if folds is None else folds) or None
-    batch_size = max(int(cfg.infer.batch_size), 1)
-    _check_heads(heads)
-    if cell_type is not None and cell_type not in CELL_TYPES:
-        raise InferenceError(f"cell type {cell_type!r} unknown; expected one of {CELL_TYPES}")
     if out_path.is_dir():
         raise InferenceError(f"{out_path} is a folder; expected the submission file's path")
 
-    # Cheap checks first: test images (headers only) and model files.
+    # Cheap checks first: test images (headers only); FoldEnsemble.load checks options and
+    # model files before it starts TensorFlow.
     test_dir = Path(data_dir) / TEST_DIRNAME
     if not test_dir.is_dir():
         raise DataError(f"{test_dir}: test image folder not found (expected <data root>/"
                         f"{TEST_DIRNAME}/*.png; set --data-dir)")
     shapes = folder_image_shapes(test_dir)
     ids = list(shapes)
-    model_files = find_fold_models(exp_dir, folds)
-    classifiers = load_classifiers(model_files)
-    params = load_params(exp_dir, cfg)
+    from .ensemble import FoldEnsemble
 
-    from .model import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
-    from .predict import TTA_FLIP_AXES, normalize_image, predict_images
-
-    bad = [t for t in tta if t not in TTA_FLIP_AXES]
-    if not tta or bad:
-        raise InferenceError(f"tta {tta}: each must be one of {list(TTA_FLIP_AXES)}")
-    t0 = time.perf_counter()
-    models = load_models([p for _, p in model_files])
-    model_load_s = time.perf_counter() - t0
-    heads_per_model = [m for m in models if CELL_TYPE_OUTPUT in output_names(m)]
-    if cell_type is None and not heads_per_model and not classifiers:
-        raise InferenceError(
-            f"the models of {exp_dir} have no cell-type head (trained with "
-            f"model.cell_type_head: false), so the post-processing parameters cannot be "
-            f"chosen per image: pass --cell-type, one of {CELL_TYPES}"
-        )
-    if heads_per_model:
-        n_types = int(heads_per_model[0].get_layer(CELL_TYPE_OUTPUT).units)
-        if n_types != len(CELL_TYPES):
-            raise InferenceError(f"the cell-type head has {n_types} classes; expected "
-                                 f"{len(CELL_TYPES)} ({CELL_TYPES})")
+    ens = FoldEnsemble.load(cfg, exp_dir, folds=folds, heads=heads, tta=tta,
+                            cell_type=cell_type)
+    heads, tta, params = ens.heads, ens.tta, ens.params
     save_overlay = None
     if save_overlays_dir is not None:
         from .viz import save_overlay
@@ -358,29 +331,22 @@ def run_inference(
 
         bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress)
         try:
-            for chunk in _chunks(ids, shapes, batch_size):
+            for chunk in _chunks(ids, shapes, ens.batch_size):
                 t = time.perf_counter()
                 raw = [read_image(test_dir / f"{i}.png", shapes[i]) for i in chunk]
-                batch = np.stack([normalize_image(r) for r in raw])
                 timing["read"] += time.perf_counter() - t
                 t = time.perf_counter()
-                probs, type_probs = predict_images(models, batch, heads=heads, tta=tta,
-                                                   batch_size=batch_size)
-                if classifiers:
-                    type_probs = ensemble_proba(classifiers, raw)
+                probs, type_probs = ens.predict(raw)
                 timing["model"] += time.perf_counter() - t
                 for k, image_id in enumerate(chunk):
                     has_probs = type_probs.shape[-1] == len(CELL_TYPES)
-                    if cell_type is not None:
-                        kind = cell_type
-                    else:
-                        kind = CELL_TYPES[int(np.argmax(type_probs[k]))]
+                    kind = ens.cell_type(type_probs[k])  # load() ensured one source
                     image_types[image_id] = kind
                     type_rows.append({"id": image_id, "cell_type": kind, **{
                         f"prob_{t}": round(float(type_probs[k][j]), 4) if has_probs
                         else float("nan") for j, t in enumerate(CELL_TYPES)}})
                     t = time.perf_counter()
-                    labels = decode_with_params(probs[k], params[kind])
+                    labels = ens.decode(probs[k], kind)
                     timing["postprocess"] += time.perf_counter() - t
                     t = time.perf_counter()
                     masks = rle.encode_labels(labels)
@@ -413,12 +379,11 @@ def run_inference(
     summary: dict[str, Any] = {
         "out": str(out_path),
         "cell_types_csv": str(types_path),
-        "cell_type_source": ("override" if cell_type is not None else
-                             "whole-image classifier" if classifiers else "network head"),
+        "cell_type_source": ens.cell_type_source,
         "n_images": n,
         "n_masks": written.n_masks,
         "n_empty_images": written.n_empty_images,
-        "folds": [k for k, _ in model_files],
+        "folds": ens.folds,
         "heads": heads,
         "tta": tta,
         "cell_type_override": cell_type,
@@ -428,11 +393,11 @@ def run_inference(
         "timing_s": {k: round(v, 4) for k, v in timing.items()},
         "seconds_per_image": {k: round(v / max(n, 1), 4) for k, v in timing.items()},
         "seconds_total": round(total, 3),
-        "model_load_s": round(model_load_s, 3),
+        "model_load_s": round(ens.model_load_s, 3),
     }
     if verbose:
         print(f"wrote {out_path}: {n} test images, {written.n_masks} masks, "
-              f"{written.n_empty_images} image(s) without a cell; {len(models)} fold model(s) "
+              f"{written.n_empty_images} image(s) without a cell; {len(ens.models)} fold model(s) "
               f"{summary['folds']} x TTA {tta}, heads={heads}; cell types "
               f"{summary['cell_type_counts']} ({summary['cell_type_source']}; per image in "
               f"{types_path})")
@@ -443,6 +408,7 @@ def run_inference(
 __all__ = [
     "InferenceError",
     "cell_types_path",
+    "check_heads",
     "load_classifiers",
     "find_fold_models",
     "format_timing",
