@@ -439,7 +439,8 @@ def _cell_type(ens: Any, image: np.ndarray, mean: float, std: float
 
 
 def _compact(labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Drop ids without pixels, renumber 1..n in order, carry the confidences along."""
+    """Drop ids without pixels, renumber 1..n in order (in place, one row block at a time),
+    carry the confidences along."""
     counts = np.bincount(labels.ravel(), minlength=confidence.size)
     present = counts[1:] > 0
     if present.all():
@@ -447,7 +448,9 @@ def _compact(labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np
     lut = np.zeros(counts.size, labels.dtype)
     lut[1:][present] = np.arange(1, int(present.sum()) + 1, dtype=labels.dtype)
     conf = np.concatenate([[0.0], confidence[1:][present[:confidence.size - 1]]])
-    return lut[labels], conf.astype(np.float32)
+    for r in range(0, labels.shape[0], _ROW_BLOCK):  # in place: no second full-size array
+        labels[r:r + _ROW_BLOCK] = lut[labels[r:r + _ROW_BLOCK]]
+    return labels, conf.astype(np.float32)
 
 
 def segment_array(
@@ -845,9 +848,12 @@ def run_segment(
         try:
             records.append(segment_file(ens, path, paths, channel=channel, scale=scale,
                                         tile=tile, overlap=overlap, progress=progress))
-        except (ImageReadError, SegmentError, ValueError, OSError, cv2.error,
-                MemoryError) as exc:
-            msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+            # (OpenCV, tifffile, TensorFlow and scikit-image raise many types; Ctrl-C and
+            # SystemExit still stop the run)
+            known = (ImageReadError, SegmentError, ValueError, OSError, MemoryError)
+            text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+            msg = text if str(path) in text else f"{path}: {text}"
             log(f"error: {msg}")
             records.append(ImageRecord(name=name, path=str(path), status="failed",
                                        error=msg))
