@@ -7,6 +7,8 @@ Trains on every fold but K (from ``<data root>/folds.csv``), validates on fold K
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -29,14 +31,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true",
-                        help="delete an existing run of this fold first")
+                        help="replace an existing run of this fold (the old one is kept as "
+                        "fold<K>.replaced until the new one finishes)")
+    parser.add_argument("--init-from", metavar="MODEL.keras",
+                        help="initialise from another experiment's model: layers of equal name "
+                        "and shape are loaded, the rest re-initialised (sets train.init_from)")
+    parser.add_argument("--extra-data", metavar="ROOT[:WEIGHT]", action="append", default=[],
+                        help="another data root (competition layout) whose every image joins "
+                        "training, drawn WEIGHT times as often as a main image (default 1); "
+                        "folds stay on the main root (adds to data.extra; repeatable)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg import training
-    from cellseg.config import ConfigError, load_config
+    from cellseg.config import ConfigError, load_config, validate
     from cellseg.data import DataError
 
     overrides = list(args.overrides)
@@ -44,13 +54,35 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"data.root={args.data_dir}")
     if args.exp:
         overrides.append(f"name={args.exp}")
+    if args.init_from:
+        overrides.append(f"train.init_from={json.dumps(args.init_from)}")
+    cfg = None
     try:
         cfg = load_config(args.config, overrides)
+        if args.extra_data:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(
+                cfg.data, extra=[*cfg.data.extra, *args.extra_data]))
+            validate(cfg)
         training.require_data(cfg)
         training.train_fold(cfg, args.fold, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DataError, training.TrainingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if cfg is None:
+            print("\ninterrupted", file=sys.stderr)
+            return 130
+        fold_dir = training.fold_dir_for(cfg, args.fold)
+        again = " ".join(a for a in (sys.argv[1:] if argv is None else argv)
+                         if a not in ("--overwrite", "--resume"))
+        if (fold_dir / training.LAST_MODEL).is_file():
+            print(f"\ninterrupted: the last finished epoch is saved in "
+                  f"{fold_dir / training.LAST_MODEL}; continue with\n"
+                  f"  python src/train.py {again} --resume", file=sys.stderr)
+        else:
+            print(f"\ninterrupted before the first epoch finished; nothing to resume in "
+                  f"{fold_dir}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -116,23 +116,6 @@ def test_refuses_to_overwrite_finished_run(trained):
     assert proc.returncode == 2 and "already finished" in proc.stderr
 
 
-def test_resume_continues_from_saved_epoch(tmp_path):
-    root = make_tiny_root(tmp_path / "data")
-    config = tiny_config(tmp_path, root, epochs=1)
-    assert run_train("--fold", "1", "--config", str(config)).returncode == 0
-    fold_dir = tmp_path / "out" / "tiny" / "fold1"
-    # Make it look interrupted after epoch 1 of 3: drop the finished marker, extend epochs.
-    (fold_dir / "result.json").unlink()
-    proc = run_train("--fold", "1", "--config", str(config), "--resume",
-                     "--set", "train.epochs=3")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resuming at epoch 2" in proc.stdout
-    assert "[epoch 2/3]" in proc.stdout and "[epoch 1/3]" not in proc.stdout
-    history = pd.read_csv(fold_dir / "history.csv")
-    assert history["epoch"].tolist() == [0, 1, 2]
-    assert json.loads((fold_dir / "state.json").read_text())["epoch"] == 3
-
-
 def test_missing_folds_file_is_a_clear_error(tmp_path):
     root = make_tiny_root(tmp_path / "data")
     (root / "folds.csv").unlink()

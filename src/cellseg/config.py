@@ -30,6 +30,10 @@ class DataConfig:
     folds_seed: int = 42
     # Where instance targets are cached ("" = <root>/.cache/targets).
     cache_dir: str = ""
+    # Extra training data roots (same layout; no folds.csv needed), "ROOT" or "ROOT:WEIGHT":
+    # every image of them joins every fold's training set, drawn WEIGHT times as often as a
+    # main-root image (default 1). Folds stay defined on ``root`` only.
+    extra: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -88,6 +92,9 @@ class TrainConfig:
     distribute: str = "auto"  # auto | none | mirrored | multiworker (TF_CONFIG)
     cpu_replicas: int = 0  # >1: mirror over this many logical CPU devices (testing)
     time_budget_min: float = 0.0  # stop training after this many minutes (0 = no limit)
+    # A .keras model (e.g. pre-trained on other data) whose layers of equal name and shape
+    # initialise the network ("" = random initialisation).
+    init_from: str = ""
 
 
 @dataclass
@@ -286,8 +293,79 @@ def load_config(
     return cfg
 
 
+def parse_extra(entry: str) -> tuple[str, float]:
+    """``"ROOT"`` or ``"ROOT:WEIGHT"`` (a ``data.extra`` entry) -> ``(root, weight)``."""
+    root, sep, weight = str(entry).rpartition(":")
+    if not sep or not weight or "/" in weight or "\\" in weight:
+        return str(entry), 1.0  # no weight (a ':' inside the path is part of it)
+    try:
+        value = float(weight)
+    except ValueError:
+        return str(entry), 1.0
+    if not value > 0 or value != value or value == float("inf"):
+        raise ConfigError(f"data.extra: {entry!r}: the weight after ':' must be a positive "
+                          f"number")
+    if not root:
+        raise ConfigError(f"data.extra: {entry!r}: expected ROOT or ROOT:WEIGHT")
+    return root, value
+
+
+# (section, key) -> (lowest allowed, highest allowed, lowest is exclusive); None = unbounded.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
+    ("", "seed"): (0, None, False),
+    ("data", "folds_seed"): (0, None, False),
+    ("model", "n_targets"): (1, None, False),
+    ("model", "dropout"): (0, 1, False),
+    ("augment", "crop_size"): (0, None, True),
+    ("augment", "foreground_crop_p"): (0, 1, False),
+    ("augment", "scale_limit"): (0, None, False),
+    ("augment", "brightness_contrast"): (0, None, False),
+    ("train", "epochs"): (1, None, False),
+    ("train", "steps_per_epoch"): (1, None, False),
+    ("train", "batch_size"): (1, None, False),
+    ("train", "learning_rate"): (0, None, True),
+    ("train", "weight_decay"): (0, None, False),
+    ("train", "warmup_epochs"): (0, None, False),
+    ("train", "early_stopping_patience"): (1, None, False),
+    ("train", "score_every"): (1, None, False),
+    ("train", "max_val_images"): (0, None, False),
+    ("train", "body_weight"): (0, None, False),
+    ("train", "border_weight"): (0, None, False),
+    ("train", "bce_weight"): (0, None, False),
+    ("train", "dice_weight"): (0, None, False),
+    ("train", "cell_type_weight"): (0, None, False),
+    ("train", "border_radius_max"): (1, None, False),
+    ("train", "workers"): (0, None, False),
+    ("train", "cpu_replicas"): (0, None, False),
+    ("train", "time_budget_min"): (0, None, False),
+    ("postprocess", "min_seed_area"): (0, None, False),
+    ("postprocess", "min_area"): (0, None, False),
+    ("infer", "batch_size"): (1, None, False),
+    ("tune", "n_trials"): (1, None, False),
+    ("tune", "seed"): (0, None, False),
+    ("tune", "n_jobs"): (1, None, False),
+}
+
+
+def _check_ranges(cfg: Config) -> None:
+    for (section, key), (low, high, exclusive) in _RANGES.items():
+        value = getattr(getattr(cfg, section) if section else cfg, key)
+        name = f"{section}.{key}" if section else key
+        if value != value:  # NaN
+            raise ConfigError(f"{name}: got NaN; expected a number")
+        if low is not None and (value <= low if exclusive else value < low):
+            expected = f"> {low}" if exclusive else f">= {low}"
+            raise ConfigError(f"{name}: got {value}; expected {expected}"
+                              + (f" and <= {high}" if high is not None else ""))
+        if high is not None and value > high:
+            raise ConfigError(f"{name}: got {value}; expected <= {high}")
+
+
 def validate(cfg: Config) -> None:
-    """Semantic checks that types alone cannot express."""
+    """Semantic checks that types alone cannot express; errors name the key."""
+    _check_ranges(cfg)
+    for entry in cfg.data.extra:
+        parse_extra(entry)
     m = cfg.model
     if len(m.widths) < 2:
         raise ConfigError(f"model.widths: need at least 2 levels, got {m.widths}")
@@ -352,6 +430,7 @@ __all__ = [
     "TuneConfig",
     "config_from_dict",
     "load_config",
+    "parse_extra",
     "parse_override",
     "save_config",
 ]

@@ -33,6 +33,7 @@ class Sample:
     image: np.ndarray  # uint8 H x W
     targets: np.ndarray  # uint8 H x W x C
     instances: Instances | None = None  # kept for validation scoring only
+    weight: float = 1.0  # relative chance of being drawn (extra data roots: data.extra)
 
 
 def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None = None,
@@ -93,12 +94,27 @@ class TrainBatches(keras.utils.PyDataset):
         for i, sample in enumerate(samples):
             by_type.setdefault(sample.cell_type, []).append(i)
         self._by_type = [np.array(v) for _, v in sorted(by_type.items())]
+        weights = np.array([s.weight for s in samples], np.float64)
+        self._weighted = bool(np.any(weights != 1.0))
+        # Cumulative weights per group (and overall) for weighted draws.
+        self._cum_by_type = [np.cumsum(weights[g]) for g in self._by_type]
+        self._cum_all = np.cumsum(weights)
+
+    @staticmethod
+    def _draw(rng: np.random.Generator, cum: np.ndarray) -> int:
+        return int(min(np.searchsorted(cum, rng.random() * cum[-1], side="right"), cum.size - 1))
 
     def _pick(self, rng: np.random.Generator) -> Sample:
-        """A random image; with ``balance_cell_types`` each type is equally likely first."""
+        """A random image; with ``balance_cell_types`` each type is equally likely first;
+        within the choice an image's chance is proportional to its ``weight``."""
         if self.cfg.train.balance_cell_types:
-            group = self._by_type[int(rng.integers(len(self._by_type)))]
+            g = int(rng.integers(len(self._by_type)))
+            group = self._by_type[g]
+            if self._weighted:
+                return self.samples[int(group[self._draw(rng, self._cum_by_type[g])])]
             return self.samples[int(group[rng.integers(group.size)])]
+        if self._weighted:
+            return self.samples[self._draw(rng, self._cum_all)]
         return self.samples[int(rng.integers(len(self.samples)))]
 
     def __len__(self) -> int:

@@ -51,6 +51,7 @@ BEST_MODEL = "best.keras"
 LAST_MODEL = "last.keras"
 STATE_FILE = "state.json"
 RESULT_FILE = "result.json"
+INIT_FILE = "init_from.json"  # which layers train.init_from loaded
 
 
 class TrainingError(RuntimeError):
@@ -302,19 +303,22 @@ def fold_dir_for(cfg: Config, fold: int) -> Path:
     return cfg.experiment_dir() / f"fold{fold}"
 
 
-def _prepare_dir(fold_dir: Path, resume: bool, overwrite: bool) -> None:
+REPLACED_SUFFIX = ".replaced"  # fold<K>.replaced: the run an --overwrite is replacing
+
+
+def _check_fold_dir(fold_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to clobber or resume the wrong thing; deletes nothing (see _set_aside)."""
     finished = (fold_dir / RESULT_FILE).is_file()
     started = (fold_dir / STATE_FILE).is_file()
-    if overwrite and fold_dir.exists():
-        shutil.rmtree(fold_dir)
+    if overwrite:
         return
     if resume:
         if finished:
             raise TrainingError(f"{fold_dir}: this fold already finished ({RESULT_FILE} "
                                 f"exists); nothing to resume. Use --overwrite to retrain.")
-        if not started:
-            raise TrainingError(f"{fold_dir}: no checkpoint ({STATE_FILE}) to resume from; "
-                                f"start without --resume")
+        if not started or not (fold_dir / LAST_MODEL).is_file():
+            raise TrainingError(f"{fold_dir}: no checkpoint ({STATE_FILE} + {LAST_MODEL}) to "
+                                f"resume from; start without --resume")
         return
     if finished:
         raise TrainingError(f"{fold_dir}: a finished run is there; refusing to overwrite it "
@@ -322,6 +326,153 @@ def _prepare_dir(fold_dir: Path, resume: bool, overwrite: bool) -> None:
     if started:
         raise TrainingError(f"{fold_dir}: an interrupted run is there; continue it with "
                             f"--resume or discard it with --overwrite")
+
+
+def _set_aside(fold_dir: Path) -> Path | None:
+    """--overwrite, once the new run's data has loaded: move the old run to
+    ``fold<K>.replaced`` (deleted when the new run finishes) rather than deleting it, so a
+    crash or Ctrl-C in the new run never loses a finished fold. An unfinished run is simply
+    removed; an earlier ``.replaced`` is kept when the folder it would replace is unfinished.
+    """
+    if not fold_dir.exists():
+        return None
+    aside = fold_dir.with_name(fold_dir.name + REPLACED_SUFFIX)
+    if not (fold_dir / RESULT_FILE).is_file():
+        shutil.rmtree(fold_dir)
+        return aside if aside.exists() else None
+    if aside.exists():
+        shutil.rmtree(aside)
+    fold_dir.rename(aside)
+    print(f"--overwrite: the previous run is kept in {aside} until this one finishes",
+          flush=True)
+    return aside
+
+
+# Keys that may change on --resume: they do not change what is trained.
+RESUME_FREE_KEYS = ("train.workers", "train.time_budget_min", "infer.", "tune.", "name",
+                    "output_dir")
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: saved -> now`` for every training-relevant key that differs."""
+    old, new = _flat(saved), _flat(cfg.to_dict())
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        if key.startswith(RESUME_FREE_KEYS) or old.get(key) == new.get(key):
+            continue
+        changed.append(f"{key}: {old.get(key, '(absent)')!r} -> {new.get(key, '(absent)')!r}")
+    return changed
+
+
+def _check_resume_config(fold_dir: Path, cfg: Config) -> None:
+    path = fold_dir / "config.yaml"
+    if not path.is_file():
+        return
+    import yaml
+
+    saved = yaml.safe_load(path.read_text()) or {}
+    changed = config_changes(saved, cfg)
+    if changed:
+        raise TrainingError(
+            f"{fold_dir}: --resume with a config that differs from the run's {path.name} in "
+            f"{len(changed)} key(s): {'; '.join(changed)}. Resume with the same config and "
+            f"options (the schedule and model depend on them), or start again with --overwrite"
+        )
+
+
+def init_from_model(model: keras.Model, path: str | os.PathLike) -> dict[str, Any]:
+    """Copy the weights of every layer of ``path``'s model with the same name and weight
+    shapes into ``model`` (pre-training -> fine-tuning); the rest keep their initialisation.
+
+    Returns ``{"from", "loaded": [names], "not_loaded": {name: reason}}``.
+
+    Raises:
+        TrainingError: the file is missing or not a loadable model, or no layer matches.
+    """
+    from .inference import InferenceError, load_models
+
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"train.init_from: {path} not found (expected a .keras model, e.g. "
+                            f"output/<exp>/fold0/best.keras)")
+    try:
+        (source,) = load_models([path])
+    except InferenceError as exc:
+        raise TrainingError(f"train.init_from: {exc}") from None
+    by_name = {layer.name: layer for layer in source.layers}
+    loaded: list[str] = []
+    not_loaded: dict[str, str] = {}
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        src = by_name.get(layer.name)
+        if src is None:
+            not_loaded[layer.name] = "no layer of that name in the source"
+            continue
+        src_weights = src.get_weights()
+        shapes = [w.shape for w in weights]
+        src_shapes = [w.shape for w in src_weights]
+        if shapes != src_shapes:
+            not_loaded[layer.name] = f"shapes {src_shapes} in the source, {shapes} here"
+            continue
+        layer.set_weights(src_weights)
+        loaded.append(layer.name)
+    if not loaded:
+        raise TrainingError(f"train.init_from: {path}: no layer matches this model by name and "
+                            f"shape (another architecture?)")
+    n = len(loaded) + len(not_loaded)
+    print(f"init from {path}: {len(loaded)} of {n} layers with weights loaded"
+          + (f"; re-initialised: {', '.join(f'{k} ({v})' for k, v in not_loaded.items())}"
+             if not_loaded else ""), flush=True)
+    return {"from": str(path), "loaded": loaded, "not_loaded": not_loaded}
+
+
+def load_extra_samples(cfg: Config, exclude_ids: set[str], max_radius: int) -> list[Sample]:
+    """Every image of the ``data.extra`` roots as training samples with their weight.
+
+    Images whose id is also a validation id of the main root are left out (a copy of a
+    validation image must not leak into training) with a warning.
+    """
+    import hashlib
+    import warnings
+
+    from .config import parse_extra
+
+    samples: list[Sample] = []
+    for entry in cfg.data.extra:
+        root, weight = parse_extra(entry)
+        if not (Path(root) / "train.csv").is_file():
+            raise DataError(f"data.extra: {root}/train.csv not found (expected a data root "
+                            f"in the competition layout, e.g. from convert_coco.py or "
+                            f"pseudo_label.py)")
+        data = TrainData(root)
+        ids = [i for i in data.ids if i not in exclude_ids]
+        if len(ids) < len(data.ids):
+            warnings.warn(f"data.extra {root}: {len(data.ids) - len(ids)} image id(s) are "
+                          f"validation images of this fold; left out of training", stacklevel=2)
+        if cfg.data.cache_dir:
+            digest = hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:10]
+            cache_dir = str(Path(cfg.data.cache_dir) / f"extra-{digest}")
+        else:
+            cache_dir = str(Path(root) / ".cache")
+        extra = load_samples(data, ids, cache_dir, desc=f"extra {Path(root).name}",
+                             max_radius=max_radius)
+        for sample in extra:
+            sample.weight = weight
+        print(f"extra data {root}: {len(extra)} images, weight {weight:g}", flush=True)
+        samples.extend(extra)
+    return samples
 
 
 def split_ids(cfg: Config, data: TrainData, fold: int) -> tuple[list[str], list[str]]:
@@ -351,12 +502,15 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     chief = is_chief()
     fold_dir = fold_dir_for(cfg, fold)
     if chief:
-        _prepare_dir(fold_dir, resume, overwrite)
+        _check_fold_dir(fold_dir, resume, overwrite)
+        if resume:
+            _check_resume_config(fold_dir, cfg)
     keras.utils.set_random_seed(cfg.seed + fold)
     if cfg.train.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
     strategy = make_strategy(cfg)
 
+    # Everything that can fail on bad data happens before the fold folder is touched.
     data = TrainData(cfg.data.root)
     train_ids, val_ids = split_ids(cfg, data, fold)
     if not val_ids or not train_ids:
@@ -374,10 +528,17 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     radius = cfg.train.border_radius_max
     train_samples = load_samples(data, train_ids, cache_dir, desc="train images",
                                  max_radius=radius)
+    train_samples += load_extra_samples(cfg, set(val_ids), radius)
     val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True, max_radius=radius,
                                desc="val images")
+    if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
+        raise TrainingError(f"train.init_from: {cfg.train.init_from} not found (expected a "
+                            f".keras model, e.g. output/<exp>/fold0/best.keras)")
 
-    classifier = train_cell_type_classifier(train_samples, cfg.seed)
+    replaced = _set_aside(fold_dir) if chief and overwrite else None
+    main_ids = set(train_ids)
+    classifier = train_cell_type_classifier([s for s in train_samples
+                                             if s.image_id in main_ids], cfg.seed)
     if chief:
         classifier.save(fold_dir / CLASSIFIER_FILE)
     monitor_set = set(monitor_ids)
@@ -386,9 +547,10 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
     history: list[dict[str, Any]] = []
-    if chief:
+    if chief and not resume:
         save_config(cfg, fold_dir / "config.yaml")
     steps = cfg.train.steps_per_epoch
+    init_report: dict[str, Any] | None = None
     with strategy.scope():
         if resume:
             state.update(json.loads((fold_dir / STATE_FILE).read_text()))
@@ -400,6 +562,10 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
                   f"(best val_score {state['best_score']:.4f})", flush=True)
         else:
             model = build_model(cfg.model, name=f"{cfg.name}_fold{fold}")
+            if cfg.train.init_from:
+                init_report = init_from_model(model, cfg.train.init_from)
+                if chief:
+                    fileio.write_text(fold_dir / INIT_FILE, json.dumps(init_report, indent=2))
             schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
                                     cfg.train.epochs * steps)
             optimizer = keras.optimizers.AdamW(learning_rate=schedule,
@@ -424,6 +590,8 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
     if not chief:
         return fold_dir
     finish_fold(cfg, fold_dir, val_samples, train_s)
+    if replaced is not None and replaced.exists():
+        shutil.rmtree(replaced)
     return fold_dir
 
 
