@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         for mp, tile in runs:
             image = tmp / f"img_{mp:g}mp.tif"
             if not image.exists():
-                h, w = make_image(image, mp)
+                make_image(image, mp)
             r = run_one(args.exp, args.folds, image, tmp / "out", tile)
             r.update(megapixels=mp, tile=tile)
             results.append(r)

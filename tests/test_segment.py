@@ -49,8 +49,9 @@ def blob_model():
 def make_experiment(root: Path) -> Path:
     """``root/blobs.yaml`` -> experiment ``root/output/blobs`` (one fold of
     :func:`blob_model`, tuned cort parameters) with a data root holding a train.csv."""
-    from cellseg.config import load_config, save_config
     from tiny_data import make_tiny_root
+
+    from cellseg.config import load_config, save_config
 
     data = make_tiny_root(root / "data", n_images=9, n_test=0)
     cfg_path = root / "blobs.yaml"
@@ -148,7 +149,7 @@ def test_reading_bit_depths_and_channels(tmp_path):
     img, _ = synthetic_image(64, 80)
     tifffile.imwrite(tmp_path / "cyx.tif", np.stack([img, 255 - img]).astype(np.uint16))
     assert seg.read_image_any(tmp_path / "cyx.tif", channel=1).tolist() == (255 - img).tolist()
-    with pytest.raises(seg.ImageReadError, match=r"cyx.tif: 2 channels; choose one"):
+    with pytest.raises(seg.ImageReadError, match=r"cyx.tif: 2 channels \(or planes\); choose one"):
         seg.read_image_any(tmp_path / "cyx.tif")
     with pytest.raises(seg.ImageReadError, match=r"--channel 5 out of range"):
         seg.read_image_any(tmp_path / "cyx.tif", channel=5)

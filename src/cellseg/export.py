@@ -191,15 +191,17 @@ written {meta['date']} by `python src/export.py`.
 
 | file | for |
 |---|---|
-| `{SAVED_MODEL_DIR}/` | TensorFlow SavedModel, signature `serving_default` (TF Serving, DeepImageJ, `tf.saved_model.load`) |
+| `{SAVED_MODEL_DIR}/` | TF SavedModel, signature `serving_default` (TF Serving, DeepImageJ) |
 | `{ONNX_FILE}` | ONNX opset {ONNX_OPSET} (onnxruntime, OpenCV DNN, other runtimes) |
 | `postprocess.yaml` | per-cell-type parameters of `cellseg.postprocess.decode_instances` |
-| `cell_type_classifier_fold*.json` | whole-image cell-type classifiers (if the experiment has them) |
+| `cell_type_classifier_fold*.json` | whole-image cell-type classifiers (if any) |
 | `export.json` | all of this as data, plus the checks below |
 
 **Input** `{INPUT_NAME}`: float32 `(N, H, W, 1)`, any H and W; each image standardised over
 the whole image: `(x - mean(x)) / std(x)` (for tiles of a large image, use the whole image's
-mean and std). Cells should have the training scale: median diameter about
+mean and std, and start every tile at a multiple of {meta['size_multiple']} px: the network
+is shift-equivariant only for such shifts). Cells should have the training scale: median
+diameter about
 {meta.get('reference_diameter_px') or 'unknown'} px.
 
 **Outputs**: `probs` float32 `(N, H, W, 2)`: channel 0 = cell body, 1 = touching border;

@@ -177,7 +177,7 @@ def _to_gray(arr: np.ndarray, channel: int | None, path: Path, rgb_order: bool) 
     if arr.ndim != 3:
         raise ImageReadError(f"{path}: expected a 2-D image or one with channels, got shape "
                              f"{arr.shape} (stacks and time series are not supported)")
-    if arr.shape[-1] > 8 and arr.shape[0] <= 8:  # channels first (TIFF "CYX")
+    if arr.shape[0] < min(arr.shape[1], arr.shape[2]):  # channels / planes first ("CYX")
         arr = np.moveaxis(arr, 0, -1)
     n_channels = arr.shape[-1]
     if channel is not None:
@@ -193,7 +193,8 @@ def _to_gray(arr: np.ndarray, channel: int | None, path: Path, rgb_order: bool) 
         if np.issubdtype(arr.dtype, np.integer):
             gray = np.rint(gray).astype(arr.dtype)
         return gray
-    raise ImageReadError(f"{path}: {n_channels} channels; choose one with --channel K")
+    raise ImageReadError(f"{path}: {n_channels} channels (or planes); choose one with "
+                         f"--channel K")
 
 
 def read_image_any(path: str | os.PathLike, channel: int | None = None) -> np.ndarray:
@@ -536,7 +537,7 @@ def segment_array(
                     timing["stitch"] += time.perf_counter() - t
                     continue
                 flat = tl.ravel()
-                th, tw = tl.shape
+                tw = tl.shape[1]
                 area = np.bincount(flat, minlength=n + 1).astype(np.float64)
                 yy, xx = np.divmod(np.arange(flat.size), tw)
                 cy = np.bincount(flat, weights=yy, minlength=n + 1) / np.maximum(area, 1)
@@ -792,8 +793,8 @@ def _cell_types() -> tuple[str, ...]:
 
 def format_summary(records: Sequence[ImageRecord]) -> str:
     """The end-of-run table: per image, then totals (seconds per megapixel of input)."""
-    lines = [f"{'image':<28}{'size':>13}{'MP':>7}{'tiles':>6}{'type':>8}{'cells':>8}"
-             f"{'s':>8}{'s/MP':>8}  status"]
+    lines = [(f"{'image':<28}{'size':>13}{'MP':>7}{'tiles':>6}{'type':>8}{'cells':>8}"
+              f"{'s':>8}{'s/MP':>8}  status")]
     for r in records:
         size = f"{r.width}x{r.height}" if r.height else "-"
         spm = f"{r.seconds / r.megapixels:.2f}" if r.status == "done" and r.megapixels else "-"
