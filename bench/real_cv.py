@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reuse", action="store_true", help="keep folds that already finished")
     p.add_argument("--n-trials", type=int, default=None, help="Optuna trials per type")
     p.add_argument("--set", dest="overrides", action="append", default=[],
-                   metavar="KEY=VALUE", help="config override passed to train.py")
+                   metavar="KEY=VALUE", help="config override passed to train.py; {fold} "
+                   "becomes the fold, e.g. --set 'data.extra=[output/pl_f{fold}]'")
     p.add_argument("--name", default="real_cv", help="results file stem (default real_cv)")
     p.add_argument("--n-overlays", type=int, default=2, help="best and worst images drawn")
     return p.parse_args(argv)
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd = ["src/train.py", "--fold", str(k), "--config", args.config, "--data-dir",
                    str(root), "--exp", args.exp, "--overwrite"]
             for o in args.overrides:
-                cmd += ["--set", o]
+                cmd += ["--set", o.replace("{fold}", str(k))]
             run(cmd, log)
     from cellseg.inference import resolve_config
 

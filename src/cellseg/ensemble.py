@@ -82,7 +82,7 @@ class FoldEnsemble:
         """
         from .inference import (InferenceError, check_heads, find_fold_models,
                                 load_classifiers, load_models)
-        from .tuned import load_params
+        from .tuned import check_tuned_on, load_params
 
         heads = cfg.infer.heads if heads is None else heads
         tta = list(cfg.infer.tta if tta is None else tta)
@@ -100,6 +100,7 @@ class FoldEnsemble:
         bad = [t for t in tta if t not in TTA_FLIP_AXES]
         if not tta or bad:
             raise InferenceError(f"tta {tta}: each must be one of {list(TTA_FLIP_AXES)}")
+        check_tuned_on(exp_dir, heads, tta, list(model_files))
         t0 = time.perf_counter()
         models = load_models([p for _, p in model_files])
         load_s = time.perf_counter() - t0

@@ -4,6 +4,10 @@ Written by ``tune.py``, read by ``infer.py`` and the Kaggle kernel. Per cell typ
 the parameters of :func:`cellseg.postprocess.decode_instances` and how they were found::
 
     method: deep            # decode_instances on network maps
+    folds: [0, 1]           # OOF folds tuned on
+    heads: mean             # what the OOF maps were made with: infer warns on other ones
+    tta: [identity, hflip]
+    models: {0: 9c1e..., 1: 4d2a...}   # hash of each fold's best.keras when tuned
     cell_types:
       shsy5y:
         params: {seed_threshold: 0.62, mask_threshold: 0.41, min_seed_area: 14, min_area: 30}
@@ -11,6 +15,8 @@ the parameters of :func:`cellseg.postprocess.decode_instances` and how they were
         default_score: 0.37  # same images, config defaults
         n_images: 31
         n_trials: 60
+        held_out_score: 0.39 # chosen on half the images, scored on the other half
+        oof_fingerprint: 5be0...   # hash of the OOF maps + truth (the Optuna study's name)
       astro: ...
       cort: ...
 """
@@ -18,6 +24,7 @@ the parameters of :func:`cellseg.postprocess.decode_instances` and how they were
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -67,6 +74,49 @@ def load_params(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
         warnings.warn(f"{path}: no tuned parameters for {missing}; using defaults for them",
                       stacklevel=2)
     return params
+
+
+def model_digest(path: str | os.PathLike) -> str:
+    """Short SHA-1 of a model file: tells a retrained fold from the one that was tuned."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
+                   model_files: list[tuple[int, Path]]) -> list[str]:
+    """Warn (and return the reasons) when the post-processing was tuned on OOF maps made with
+    other heads or TTA, or with fold models that have been retrained since (their hashes in
+    ``postprocess.yaml`` differ). Older files without these keys pass silently."""
+    path = Path(exp_dir) / POSTPROCESS_FILE
+    if not path.is_file():
+        return []
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return []
+    if not isinstance(doc, dict):
+        return []
+    reasons = []
+    if doc.get("heads") not in (None, heads):
+        reasons.append(f"heads {doc['heads']!r} when tuned, {heads!r} now")
+    if doc.get("tta") is not None and list(doc["tta"]) != list(tta):
+        reasons.append(f"TTA {doc['tta']} when tuned, {list(tta)} now")
+    models = doc.get("models")
+    if isinstance(models, dict):
+        recorded = {int(k): str(v) for k, v in models.items()}
+        changed = [k for k, p in model_files if k in recorded
+                   and Path(p).is_file() and model_digest(p) != recorded[k]]
+        if changed:
+            reasons.append(f"fold model(s) {changed} retrained since tuning")
+    if reasons:
+        warnings.warn(f"{path} was tuned for other maps than this run makes ("
+                      f"{'; '.join(reasons)}): its parameters may not fit; re-run "
+                      f"`python src/tune.py --exp {Path(exp_dir).name}` or match the settings",
+                      stacklevel=2)
+    return reasons
 
 
 def save_params(exp_dir: str | os.PathLike, doc: dict[str, Any]) -> Path:

@@ -53,7 +53,7 @@ import sys
 import time
 import warnings
 import zipfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ OUTPUT_FILES: Mapping[str, str] = {"deep": POSTPROCESS_FILE,
                                    "classical": "postprocess_classical.yaml"}
 #: Default storage: a SQLite file in the experiment folder.
 DB_FILE = "tuning.db"
+IMAGE_SCORES_ATTR = "image_scores"  # per-image scores of a trial (EvalSet.ids order)
 #: Folder (in the experiment folder) for the optimisation-history / importance plots.
 PLOTS_DIR = "tuning"
 #: Optuna parameter spaces per method.
@@ -152,12 +153,23 @@ class EvalSet:
                    + sum(p.nbytes for t in self.truths for p in t))
 
     def fingerprint(self) -> str:
-        """Short hash of (method, cell type, sorted ids): which images a study was tuned on."""
+        """Short hash of what every trial's score depends on: method, cell type, the images
+        (ids) and their content (OOF maps or images, and the truth). Retrained fold models
+        write other OOF maps, so their study is a new one (see :func:`study_name`)."""
+        cached = self.__dict__.get("_fingerprint")
+        if cached is not None:
+            return cached
         h = hashlib.sha1(f"{self.method}|{self.cell_type}|".encode())
-        for image_id in sorted(self.ids):
-            h.update(image_id.encode())
-            h.update(b"\n")
-        return h.hexdigest()[:16]
+        for i in sorted(range(len(self.ids)), key=lambda k: self.ids[k]):
+            h.update(self.ids[i].encode() + b"\n")
+            x = np.ascontiguousarray(self.inputs[i])
+            h.update(f"{x.dtype}{x.shape}".encode())
+            h.update(x.data)
+            for cell in self.truths[i]:
+                h.update(np.ascontiguousarray(cell, np.int64).data)
+                h.update(b"|")
+        self.__dict__["_fingerprint"] = h.hexdigest()[:16]
+        return self.__dict__["_fingerprint"]
 
 
 def score_image(method: str, x: np.ndarray, truth: list[np.ndarray],
@@ -630,9 +642,15 @@ def make_storage(spec: str | None, exp_dir: str | os.PathLike,
     raise TuningError(f"cannot open storage {describe_storage(spec)}: {last}")
 
 
-def study_name(exp: str, method: str, cell_type: str) -> str:
-    """``<exp>-<method>-<cell_type>``, e.g. ``default-deep-shsy5y``."""
-    return f"{exp}-{method}-{cell_type}"
+def study_name(exp: str, method: str, cell_type: str, fingerprint: str = "") -> str:
+    """``<exp>-<method>-<cell_type>-<OOF fingerprint>``, e.g. ``demo-deep-shsy5y-3fa9c0d1e2``.
+
+    Why the fingerprint is in the name: a study's trials were scored on one set of OOF maps;
+    after the folds are retrained (or other folds are chosen) they are not comparable with new
+    ones, so the new maps get a fresh study and the old one stays untouched beside it (going
+    back to the old maps continues it)."""
+    base = f"{exp}-{method}-{cell_type}"
+    return f"{base}-{fingerprint[:10]}" if fingerprint else base
 
 
 def method_defaults(cfg: Config, method: str) -> dict[str, Any]:
@@ -703,6 +721,8 @@ class CellTypeResult:
     folds: list[int]
     best_trial: int | None
     plots: list[str] = field(default_factory=list)
+    held_out_score: float | None = None  # see held_out_score()
+    oof_fingerprint: str = ""
 
     def to_yaml(self) -> dict[str, Any]:
         """The entry of ``postprocess.yaml``'s ``cell_types`` mapping."""
@@ -715,6 +735,9 @@ class CellTypeResult:
             "folds": [int(f) for f in self.folds],
             "study": self.study_name,
             "best_trial": self.best_trial,
+            "held_out_score": (None if self.held_out_score is None
+                               else round(float(self.held_out_score), 6)),
+            "oof_fingerprint": self.oof_fingerprint,
         }
 
 
@@ -733,12 +756,9 @@ def _open_study(storage: Any, name: str, eval_set: EvalSet, seed: int, worker_in
     attrs = study.user_attrs
     if "oof_fingerprint" in attrs and attrs["oof_fingerprint"] != fingerprint:
         raise TuningError(
-            f"study {name!r} in {storage_label} was tuned on other images ({attrs.get('n_images')}"
-            f" {eval_set.cell_type} images of folds {attrs.get('folds')}); now "
-            f"{len(eval_set)} images of folds {sorted(set(eval_set.folds))}. Mixing them would "
-            f"compare scores of different image sets: use the same --folds, another --storage "
-            f"or --exp, or delete the study (optuna delete-study --study-name {name} "
-            f"--storage URL)")
+            f"study {name!r} in {storage_label} was tuned on other OOF maps or images "
+            f"(fingerprint {attrs['oof_fingerprint']}, now {fingerprint}); use another "
+            f"--storage or --exp")
     if "oof_fingerprint" not in attrs:
         study.set_user_attr("oof_fingerprint", fingerprint)
         study.set_user_attr("folds", sorted(set(eval_set.folds)))
@@ -811,7 +831,9 @@ def tune_cell_type(
         nonlocal ran
         ran += 1
         params = {**defaults, **suggest_params(trial, space)}
-        return evaluator.score(cell_type, params)
+        scores = evaluator.image_scores(cell_type, params)
+        trial.set_user_attr(IMAGE_SCORES_ATTR, [round(float(v), 6) for v in scores])
+        return float(scores.mean())
 
     if n_trials is None or n_trials > 0:
         study.optimize(objective, n_trials=n_trials, timeout=timeout,
@@ -839,7 +861,32 @@ def tune_cell_type(
         cell_type=cell_type, study_name=name, params=params, oof_score=best_score,
         default_score=default_score, n_images=len(eval_set), n_trials=len(complete),
         n_trials_this_run=ran, folds=sorted(set(eval_set.folds)),
-        best_trial=best_number)
+        best_trial=best_number, held_out_score=held_out_score(complete, eval_set.ids),
+        oof_fingerprint=eval_set.fingerprint())
+
+
+def held_out_score(trials: Sequence[Any], ids: Sequence[str]) -> float | None:
+    """The tuned score on images that did not choose the parameters.
+
+    The tuned score (``oof_score``) is in-sample: the best of many trials, measured on the
+    images that picked it, so it flatters (more with few images). Here the images are split
+    in two halves (alternating in id order); the trial that is best on one half is scored on
+    the other, both ways, and the per-image scores averaged. Uses the per-image scores every
+    trial stores, so it costs no extra decoding. None with fewer than 2 images or no trial
+    with per-image scores.
+    """
+    rows = [t.user_attrs.get(IMAGE_SCORES_ATTR) for t in trials]
+    rows = [r for r in rows if r is not None and len(r) == len(ids)]
+    if len(ids) < 2 or not rows:
+        return None
+    table = np.asarray(rows, np.float64)  # trials x images
+    order = np.argsort(np.asarray(ids, dtype=object))
+    half_a, half_b = order[0::2], order[1::2]
+    held = np.empty(len(ids), np.float64)
+    for pick, score in ((half_a, half_b), (half_b, half_a)):
+        best = int(np.argmax(table[:, pick].mean(axis=1)))  # first best on a tie
+        held[score] = table[best, score]
+    return float(held.mean())
 
 
 def save_plots(study: Any, out_dir: str | os.PathLike, prefix: str) -> list[Path]:
@@ -918,6 +965,52 @@ def _merge_existing(path: Path, method: str, tuned: Iterable[str]) -> dict[str, 
     return {t: v for t, v in types.items() if t in CELL_TYPES and t not in set(tuned)}
 
 
+def _log_fresh_study(storage: Any, name: str, base: str, log: Callable[[str], None]) -> None:
+    """Say so when this is a new study beside older ones of other OOF maps (retrained folds)."""
+    import optuna
+
+    try:
+        names = {st.study_name for st in optuna.get_all_study_summaries(storage,
+                                                                         include_best_trial=False)}
+    except Exception:  # noqa: BLE001 (only a message depends on it)
+        return
+    older = sorted(n for n in names if n.startswith(base + "-") and n != name)
+    if name not in names and older:
+        log(f"OOF maps differ from those of {', '.join(older)} (folds retrained or other "
+            f"folds): starting a fresh study {name!r}; the old trials stay in their study")
+
+
+def tuned_on(exp_dir: Path, folds: Sequence[int], method: str) -> dict[str, Any]:
+    """What the tuned parameters are valid for: the OOF maps' heads and TTA (from each fold's
+    ``result.json``) and a hash of each fold's model file. ``infer.py`` warns when it runs
+    with other heads, TTA or models (cellseg.tuned.check_tuned_on)."""
+    import json
+
+    from .tuned import model_digest
+
+    heads, tta, models = set(), set(), {}
+    for k in folds:
+        fold_dir = exp_dir / f"fold{k}"
+        result = fold_dir / "result.json"
+        if result.is_file():
+            try:
+                r = json.loads(result.read_text())
+                heads.add(str(r.get("oof_heads")))
+                tta.add(tuple(r.get("oof_tta") or ()))
+            except (ValueError, OSError):
+                pass
+        model = fold_dir / "best.keras"
+        if model.is_file():
+            models[int(k)] = model_digest(model)
+    if method != "deep":
+        return {}
+    return {
+        "heads": heads.pop() if len(heads) == 1 else sorted(heads) or None,
+        "tta": list(tta.pop()) if len(tta) == 1 else [list(t) for t in sorted(tta)] or None,
+        "models": models,
+    }
+
+
 def run_tuning(
     cfg: Config,
     method: str = "deep",
@@ -985,7 +1078,9 @@ def run_tuning(
     with Evaluator(sets, n_jobs=n_jobs) as evaluator:
         store = make_storage(storage, exp_dir)
         for cell_type in sets:
-            name = study_name(cfg.name, method, cell_type)
+            name = study_name(cfg.name, method, cell_type, sets[cell_type].fingerprint())
+            if log:
+                _log_fresh_study(store, name, study_name(cfg.name, method, cell_type), log)
             result = tune_cell_type(
                 evaluator, cell_type, store, name, defaults, space, n_trials, timeout,
                 seed=cfg.tune.seed, worker_index=worker_index,
@@ -999,10 +1094,12 @@ def run_tuning(
     out_path = exp_dir / OUTPUT_FILES[method]
     entries = _merge_existing(out_path, method, [r.cell_type for r in results])
     entries.update({r.cell_type: r.to_yaml() for r in results})
+    tuned_folds = sorted({f for r in results for f in r.folds})
     doc = {
         "method": method,
         "experiment": cfg.name,
-        "folds": sorted({f for r in results for f in r.folds}),
+        "folds": tuned_folds,
+        **tuned_on(exp_dir, tuned_folds, method),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "storage": label,
         "optuna": optuna.__version__,
@@ -1014,14 +1111,19 @@ def run_tuning(
 
 
 def format_table(results: Iterable[CellTypeResult]) -> str:
-    """The end-of-run table: type, images, default score, tuned score, gain, trials."""
-    header = (f"{'cell type':<10} {'images':>6} {'default':>8} {'tuned':>8} {'gain':>8} "
+    """The end-of-run table: type, images, default score, tuned score on the images that
+    chose it (in-sample) and on held-out halves (see :func:`held_out_score`), trials."""
+    header = (f"{'cell type':<10} {'images':>6} {'default':>8} {'tuned':>10} {'tuned':>10} "
               f"{'trials':>7} {'(this run)':>10}")
-    lines = [header, "-" * len(header)]
+    sub = (f"{'':<10} {'':>6} {'':>8} {'in-sample':>10} {'held-out':>10} {'':>7} {'':>10}")
+    lines = [header, sub, "-" * len(header)]
     for r in results:
+        held = "n/a" if r.held_out_score is None else f"{r.held_out_score:.4f}"
         lines.append(f"{r.cell_type:<10} {r.n_images:>6d} {r.default_score:>8.4f} "
-                     f"{r.oof_score:>8.4f} {r.oof_score - r.default_score:>+8.4f} "
+                     f"{r.oof_score:>10.4f} {held:>10} "
                      f"{r.n_trials:>7d} {r.n_trials_this_run:>10d}")
+    lines.append("in-sample: scored on the images that chose the parameters (optimistic); "
+                 "held-out: chosen on half of the images, scored on the other half, both ways")
     return "\n".join(lines)
 
 
@@ -1040,6 +1142,7 @@ __all__ = [
     "default_storage",
     "describe_storage",
     "format_table",
+    "held_out_score",
     "load_eval_sets",
     "make_storage",
     "method_defaults",
@@ -1050,4 +1153,5 @@ __all__ = [
     "score_image",
     "study_name",
     "tune_cell_type",
+    "tuned_on",
 ]
