@@ -247,7 +247,6 @@ def test_resolve_config_prefers_the_saved_model_settings(tmp_path):
 @pytest.mark.slow
 def test_tuned_parameters_are_used(workspace, tmp_path):
     cfg, exp_dir, _ = resolve_config(workspace["root"] / "thresh.yaml", ["infer.batch_size=1"])
-    assert cfg.infer.batch_size == 1
     with pytest.warns(UserWarning, match="no tuned parameters"):
         summary = run_inference(cfg, exp_dir, workspace["data"], tmp_path / "s.csv", folds=[0],
                                 progress=False, verbose=False)

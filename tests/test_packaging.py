@@ -5,16 +5,19 @@ same submission as ``src/infer.py``."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -66,19 +69,42 @@ def check_dataset_metadata_fields(meta: dict) -> None:
     assert meta["licenses"][0]["name"] in DATASET_LICENSES
 
 
+@functools.cache
+def _tiny_model_bytes(k: int) -> bytes:
+    """A real (untrained) tiny model file per fold: packaging load-checks every model."""
+    from cellseg.config import ModelConfig
+    from cellseg.model import build_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "m.keras"
+        build_model(ModelConfig(widths=[4, 8]), name=f"fold{k}").save(path)
+        return path.read_bytes()
+
+
+@functools.cache
+def _classifier_text(k: int) -> str:
+    from cellseg.celltype import CellTypeClassifier
+
+    rng = np.random.default_rng(k)
+    clf = CellTypeClassifier.fit(rng.normal(size=(6, 4)), ["shsy5y", "astro", "cort"] * 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        clf.save(Path(tmp) / "c.json")
+        return (Path(tmp) / "c.json").read_text()
+
+
 def fake_experiment(output: Path, name: str = "exp", folds=(0, 1), postprocess: bool = True,
                     finished: bool = True) -> Path:
-    """A trained-looking experiment without TensorFlow: packaging copies, never loads, models."""
+    """A trained-looking experiment: tiny untrained models, classifiers, configs."""
     exp = output / name
     for k in folds:
         fold = exp / f"fold{k}"
         fold.mkdir(parents=True)
-        (fold / "best.keras").write_bytes(b"model of fold %d" % k)
+        (fold / "best.keras").write_bytes(_tiny_model_bytes(k))
         save_config(load_config(None, [f"name={name}", f"output_dir={output}"]),
                     fold / "config.yaml")
         if finished:
             (fold / "result.json").write_text("{}")
-        (fold / "cell_type_classifier.json").write_text('{"fold": %d}' % k)
+        (fold / "cell_type_classifier.json").write_text(_classifier_text(k))
     if postprocess:
         save_params(exp, {"method": "deep", "cell_types": {
             "cort": {"params": {"seed_threshold": 0.6}}}})
@@ -151,7 +177,7 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
         fold = out / "models" / "exp" / f"fold{k}"
         assert sorted(p.name for p in fold.iterdir()) == [
             "best.keras", "cell_type_classifier.json", "config.yaml", "result.json"]
-        assert (fold / "best.keras").read_bytes() == b"model of fold %d" % k
+        assert (fold / "best.keras").read_bytes() == _tiny_model_bytes(k)
     assert (out / "models" / "exp" / "postprocess.yaml").is_file()
     meta = json.loads((out / "dataset-metadata.json").read_text())
     check_dataset_metadata_fields(meta)
@@ -168,7 +194,8 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
     with pytest.raises(PackagingError, match=r"available: \['exp'\]"):
         packaging.find_experiment(out, "other")
 
-    (out / "models" / "exp" / "fold1" / "best.keras").write_bytes(b"model of fold X")
+    packed = out / "models" / "exp" / "fold1" / "best.keras"
+    packed.write_bytes(b"X" * packed.stat().st_size)  # same size, other content
     with pytest.raises(PackagingError, match=r"fold1/best.keras: sha256 differs"):
         verify_package(out)
     (out / "models" / "exp" / "fold1" / "best.keras").unlink()
@@ -213,6 +240,20 @@ def test_refuses_to_overwrite_and_replaces_atomically(tmp_path):
     assert (other / "notes.txt").read_text() == "keep"
     with pytest.raises(PackagingError, match="inside the experiment"):
         build_package(exp, exp / "pkg")
+
+
+def test_refuses_a_damaged_model_and_keeps_the_old_package(tmp_path):
+    """A truncated best.keras is not shipped over a good package (issue 11 item 8)."""
+    exp = fake_experiment(tmp_path / "output")
+    out = tmp_path / "pkg" / "exp"
+    build_package(exp, out, dataset_id="someone/cellseg-exp")
+    before = (out / "cellseg-package.json").read_bytes()
+    model = exp / "fold1" / "best.keras"
+    model.write_bytes(model.read_bytes()[: len(model.read_bytes()) // 2])
+    with pytest.raises(InferenceError, match=r"fold1/best.keras: cannot load the model"):
+        build_package(exp, out, overwrite=True, dataset_id="someone/cellseg-exp")
+    assert (out / "cellseg-package.json").read_bytes() == before
+    assert leftovers(out.parent) == []
 
 
 def test_missing_experiment_or_fold_errors(tmp_path):

@@ -48,6 +48,8 @@ from .inference import (
     RESULT_FILE,
     SAVED_CONFIG,
     find_fold_models,
+    load_classifiers,
+    load_models,
     resolve_config,
 )
 from .tuned import POSTPROCESS_FILE, load_params
@@ -400,6 +402,10 @@ def build_package(
         saved_cfgs.append(_load_saved_config(model_path.parent / SAVED_CONFIG))
     if (exp_dir / POSTPROCESS_FILE).is_file():
         load_params(exp_dir, saved_cfgs[0], warn=False)  # ValueError naming the file
+    # Every model and classifier must load as the kernel will load it: a truncated or damaged
+    # best.keras must not be shipped (InferenceError naming the file).
+    load_models([p for _, p in models])
+    load_classifiers(models)
     dataset_id = dataset_id or default_dataset_id(exp)
     title = title or default_title(exp)
     fold_list = [k for k, _ in models]
