@@ -177,7 +177,7 @@ def resolve_config(
 
 
 def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
-    """Load Keras models in safe mode (untrusted files; DESIGN.md section 8).
+    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
 
     Importing ``cellseg.model``, ``cellseg.losses`` and ``cellseg.schedules`` registers the
     project's custom layers, losses and schedules. ``compile=False``: inference needs neither

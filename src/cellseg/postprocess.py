@@ -1,7 +1,7 @@
 """Semantic-to-instance post-processing: probability maps -> one label per cell.
 
 Why this module matters: plain semantic U-Nets scored 0.04-0.15 on Sartorius because they
-could not split crowded shsy5y cells (DESIGN.md section 4). The network here predicts a cell
+could not split crowded shsy5y cells (docs/design.md section 4). The network here predicts a cell
 *body* map and a *touching-border* band; this module turns those into instances the way the
 2018 Data Science Bowl winners did:
 

@@ -1,10 +1,10 @@
 """Optuna tuning of post-processing per cell type, on out-of-fold (OOF) predictions.
 
 Why per cell type: crowded, elongated shsy5y cells, sparse round cort cells and large faint
-astro cells need different seed / mask thresholds and minimum areas (DESIGN.md section 4). The
+astro cells need different seed / mask thresholds and minimum areas (docs/design.md section 4). The
 network's cell-type head picks the parameter set at inference; here each set is tuned on the
 OOF maps of the images that truly are that type (type from ``train.csv``), maximising the
-competition score (DESIGN.md section 3), so no image scores a model that saw it in training.
+competition score (docs/design.md section 3), so no image scores a model that saw it in training.
 
 One Optuna study per (experiment, method, cell type), named ``<exp>-<method>-<cell_type>``:
 
@@ -23,7 +23,7 @@ Storage and resuming: every study lives in an Optuna storage, by default the SQL
 interrupted run loses at most its trial in flight. Any Optuna RDB URL (``postgresql://``,
 ``mysql://``, ``sqlite:///``) or a journal file (``journal:/path/study.log``) works too, and
 any number of worker processes, on one machine or many, can run ``tune.py`` on the same study
-at once (DESIGN.md section 6: Optuna's shared storage, no home-made distribution).
+at once (docs/design.md section 6: Optuna's shared storage, no home-made distribution).
 ``n_trials`` counts the trials *this process* runs: four workers with ``--n-trials 50`` add
 200 trials to the study. The study records which OOF images it was tuned on, and refuses to
 continue on a different set (other folds, retrained OOF ids), which would mix scores of
