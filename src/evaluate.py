@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,12 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_overlays < 0:
         print(f"error: --n-overlays must be >= 0, got {args.n_overlays}", file=sys.stderr)
         return 2
+    from cellseg import fileio
     from cellseg.data import DataError
     from cellseg.evaluation import evaluate_submission
 
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     submission = Path(args.submission)
     out = Path(args.out) if args.out else submission.parent / f"{submission.stem}_eval"
     try:
+        fileio.require_folder(out, "--out")
         result = evaluate_submission(submission, args.truth, out_dir=out,
                                      images_dir=args.images, n_overlays=args.n_overlays)
     except (DataError, ValueError, OSError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -21,17 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=42, help="shuffle seed (default: 42)")
     parser.add_argument("--out", default=None, help="output path (default: DATA_DIR/folds.csv)")
     args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
+    out = Path(args.out) if args.out else Path(args.data_dir) / FOLDS_FILENAME
     try:
+        if out.is_dir():
+            raise DataError(f"--out {out}: is a folder; expected the path of the folds CSV "
+                            f"to write, e.g. {out / FOLDS_FILENAME}")
+        if args.n_folds < 2:
+            raise DataError(f"--n-folds must be >= 2, got {args.n_folds}")
         data = TrainData(args.data_dir)
         images = data.images
         if "sample_id" not in images.columns:
             raise DataError(f"{data.csv_path}: column 'sample_id' is needed to group folds")
         folds = make_folds(images, n_folds=args.n_folds, seed=args.seed)
-    except (DataError, ValueError) as exc:
+        save_folds(folds, out)
+    except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path(args.data_dir) / FOLDS_FILENAME
-    save_folds(folds, out)
     table = folds.pivot_table(index="fold", columns="cell_type", values="id", aggfunc="count",
                               fill_value=0)
     table["samples"] = folds.groupby("fold")["sample_id"].nunique()

@@ -18,6 +18,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cellseg.synthetic import make_dataset  # noqa: E402
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the folders a failed run created, if empty (children listed before parents)."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or never made: leave it
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path, help="data root to write")
@@ -34,9 +43,17 @@ def main(argv: list[str] | None = None) -> int:
                    help="replace the data root's files in a non-empty --out")
     args = p.parse_args(argv)
 
+    for name, value in (("--scale", args.scale), ("--count-scale", args.count_scale)):
+        if value is not None and not value > 0:  # also NaN
+            print(f"error: {name} must be > 0, got {value}", file=sys.stderr)
+            return 2
+
     from tqdm import tqdm
 
     bars: list[tqdm] = []
+    # Folders this run creates; removed again if it fails while they are still empty.
+    created = [d for d in (args.out / "train", args.out / "test", args.out, *args.out.parents)
+               if not d.exists()]
 
     def progress(n: int) -> None:
         # Opened on the first image, so argument errors print without an empty bar.
@@ -49,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                                seed=args.seed, height=args.height, width=args.width,
                                scale=args.scale, count_scale=args.count_scale,
                                overwrite=args.overwrite, progress=progress)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
-        print(f"make_synthetic: error: {e}", file=sys.stderr)
+    except (ValueError, OSError, MemoryError) as e:
+        print(f"error: {e or type(e).__name__}", file=sys.stderr)
+        _remove_empty(created)
         return 2
     finally:
         for bar in bars:

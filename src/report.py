@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,16 +40,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cellseg import fileio
+    from cellseg.data import DataError, is_safe_id
     from cellseg.report import build_report
 
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     if args.samples < 0:
-        print("error: --samples must be >= 0", file=sys.stderr)
+        print(f"error: --samples must be >= 0, got {args.samples}", file=sys.stderr)
+        return 2
+    if not is_safe_id(args.exp):
+        # It becomes a folder name: output/<exp>/report is written and its PNGs replaced.
+        print(f"error: --exp {args.exp!r}: expected an experiment name (letters, digits, "
+              f"'_', '.', '-'; no path separators)", file=sys.stderr)
         return 2
     try:
+        fileio.require_folder(args.output_dir, "--output-dir")
+        out = Path(args.out) if args.out else Path(args.output_dir) / args.exp / "report"
+        fileio.require_folder(out, "--out")
         report = build_report(args.exp, data_dir=args.data_dir, out_dir=args.out,
                               output_dir=args.output_dir, ablation=args.ablation,
                               eval_dir=args.eval_dir, n_samples=args.samples, seed=args.seed)
-    except OSError as exc:
+    except (OSError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {report.path} ({len(report.files) - 1} images; sections: "

@@ -104,14 +104,20 @@ def test_inconsistent_size_per_image(tmp_path):
         read_train_csv(root / "train.csv")
 
 
-def test_bad_rle_names_image_and_cell(tmp_path):
+def test_bad_rle_names_file_row_and_id_when_read(tmp_path):
+    # Checked when train.csv is read (a DataError, so every CLI reports it), naming the line.
     s = (20, 30)
     root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5)]})
     df = pd.read_csv(root / "train.csv")
     df.loc[0, "annotation"] = "1 5 3 2"
     df.to_csv(root / "train.csv", index=False)
-    with pytest.raises(ValueError, match="id aaa, cell 0.*overlaps"):
-        TrainData(root).load_instances("aaa")
+    with pytest.raises(DataError, match=r"train\.csv: row 2 \(id 'aaa'\): .*overlaps"):
+        TrainData(root)
+
+
+def test_decode_instances_names_csv_lines():
+    with pytest.raises(DataError, match="train.csv, id aaa, row 7: .*past the image end"):
+        decode_instances(["1 2", "5 100"], (4, 5), where="train.csv, id aaa", lines=[6, 7])
 
 
 def test_image_size_mismatch_and_missing(tmp_path):

@@ -49,6 +49,7 @@ import pandas as pd
 
 from . import fileio, rle
 from .constants import CELL_TYPES, TRAIN_COLUMNS
+from .data import ID_CHARS, MAX_ID_LENGTH, check_image_id
 
 
 class CocoError(ValueError):
@@ -59,7 +60,8 @@ IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
 DEFAULT_LINE_MAP: dict[str, str] = {"SHSY5Y": "shsy5y", "SH-SY5Y": "shsy5y"}
 SOURCE_FILE = "source.json"
-_SAFE_ID = re.compile(r"[^A-Za-z0-9_.\-]")
+# The complement of the id alphabet that cellseg.data checks when any CSV is read.
+_SAFE_ID = re.compile(f"[^{ID_CHARS}]")
 _EXTRA_COLUMNS = tuple(c for c in TRAIN_COLUMNS
                        if c not in ("id", "annotation", "width", "height", "cell_type"))
 
@@ -283,7 +285,8 @@ def safe_id(stem: str) -> str:
     out = _SAFE_ID.sub("_", stem).lstrip(".-")
     if not out:
         raise CocoError(f"file name {stem!r} gives an empty image id")
-    return out[:200]
+    # Shorter than the limit, leaving room for a de-duplicating suffix ("_2", "_<ann id>").
+    return check_image_id(out[:MAX_ID_LENGTH - 20])
 
 
 def cell_line(file_name: str) -> str:

@@ -15,6 +15,8 @@ a contested pixel for every true cell (DESIGN.md §3).
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,10 +27,55 @@ import pandas as pd
 
 from . import rle
 from .constants import CELL_TYPES, TRAIN_COLUMNS
+from .exceptions import DataError
+
+# Image ids become file names (``train/<id>.png``, ``oof/<id>.npz``, overlays, caches), so an
+# id must be one safe file name: no path separator, no ``..``, no hidden file, no option
+# look-alike. The competition's ids are 12 hex characters; ids made from file stems
+# (``cellseg.coco.safe_id``) use the same alphabet.
+ID_CHARS = "A-Za-z0-9_.-"
+MAX_ID_LENGTH = 200
+SAFE_ID = re.compile(rf"[A-Za-z0-9_][{ID_CHARS}]{{0,{MAX_ID_LENGTH - 1}}}")
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file, row or image id and what was expected."""
+def is_safe_id(image_id: object) -> bool:
+    """True if ``image_id`` can be used as a file name inside a data or output folder."""
+    return isinstance(image_id, str) and SAFE_ID.fullmatch(image_id) is not None
+
+
+def check_image_id(image_id: object, where: str = "") -> str:
+    """Return ``image_id`` if it is safe as a file name (:data:`SAFE_ID`), else raise.
+
+    Raises:
+        DataError: naming ``where`` (file and row) and the rule.
+    """
+    if not is_safe_id(image_id):
+        prefix = f"{where}: " if where else ""
+        raise DataError(
+            f"{prefix}image id {image_id!r} is not a safe file name; expected 1-{MAX_ID_LENGTH} "
+            f"characters of [{ID_CHARS}] not starting with '.' or '-' (no path separators)"
+        )
+    return str(image_id)
+
+
+def check_ids(ids: pd.Series, path: str | os.PathLike, line_offset: int = 2) -> None:
+    """Check every id of a CSV column once (:func:`check_image_id`), naming the first bad line.
+
+    Args:
+        ids: the id column, in file order.
+        path: the CSV, for the message.
+        line_offset: added to a 0-based row to give the editor's line (header = line 1).
+    """
+    values = ids.astype(str)
+    ok = values.str.fullmatch(SAFE_ID.pattern).fillna(False).to_numpy(bool)
+    if not ok.all():
+        i = int(np.flatnonzero(~ok)[0])
+        check_image_id(values.iloc[i], f"{path}: row {i + line_offset}")
+
+
+def _py(value: object) -> object:
+    """A NumPy scalar as the Python value, so messages read ``192.5``, not ``np.float64(192.5)``."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 @dataclass
@@ -56,19 +103,22 @@ class Instances:
 
 
 def decode_instances(annotations: list[str] | pd.Series, shape: tuple[int, int],
-                     where: str = "") -> Instances:
+                     where: str = "", lines: list[int] | np.ndarray | None = None
+                     ) -> Instances:
     """Decode the RLE rows of one image into an :class:`Instances` (vectorised).
 
     Args:
         annotations: RLE strings, one per cell, in CSV order.
         shape: (height, width).
         where: prefix for error messages, e.g. ``"train.csv, id 0030fd0e6378"``.
+        lines: the CSV line of each annotation, so an error names the line to fix.
     """
     height, width = shape
     n_pixels = height * width
     pixels: list[np.ndarray] = []
     for k, text in enumerate(list(annotations)):
-        label = f"{where}, cell {k}" if where else f"cell {k}"
+        cell = f"row {int(lines[k])}" if lines is not None else f"cell {k}"
+        label = f"{where}, {cell}" if where else cell
         idx = rle.decode_indices(text, shape, label)
         if idx.size == 0:
             raise DataError(f"{label}: empty annotation (a training cell needs pixels)")
@@ -104,6 +154,9 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
     try:
         df = pd.read_csv(path, dtype={"id": str, "annotation": str, "cell_type": str},
                          keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: empty file; expected a header {','.join(TRAIN_COLUMNS)} "
+                        f"and one row per annotated cell") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not a readable CSV ({exc})") from None
     required = ["id", "annotation", "width", "height", "cell_type"]
@@ -113,6 +166,9 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
             f"{path}: missing column(s) {missing}; found {list(df.columns)}, "
             f"expected {list(TRAIN_COLUMNS)}"
         )
+    if len(df) == 0:
+        raise DataError(f"{path}: no data rows (header only); expected one row per annotated "
+                        f"cell: {','.join(TRAIN_COLUMNS)}")
     df = df.reset_index(drop=True)
     df["row"] = np.arange(len(df))
 
@@ -125,13 +181,14 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
             )
 
     _bad(df["id"].str.strip() == "", "empty id")
+    check_ids(df["id"], path)
     _bad(df["annotation"].str.strip() == "", "empty annotation")
     for col in ("width", "height"):
         values = pd.to_numeric(df[col], errors="coerce")
-        bad = values.isna() | (values < 1) | (values != values.round())
+        bad = values.isna() | (values < 1) | (values != values.round()) | (values > 2**31 - 1)
         if bad.any():
             i = int(np.flatnonzero(bad.to_numpy())[0])
-            _bad(bad, f"{col} must be a positive integer, got {df[col].iloc[i]!r}")
+            _bad(bad, f"{col} must be a positive integer, got {_py(df[col].iloc[i])!r}")
         df[col] = values.astype(np.int64)
     _bad(~df["cell_type"].isin(CELL_TYPES), f"cell_type must be one of {list(CELL_TYPES)}")
     per_id = df.groupby("id", sort=False).agg(
@@ -140,9 +197,22 @@ def read_train_csv(path: str | os.PathLike) -> pd.DataFrame:
         bad_ids = per_id.index[per_id[col] > 1]
         if len(bad_ids):
             raise DataError(
-                f"{path}: image {bad_ids[0]!r} has {per_id.loc[bad_ids[0], col]} different "
-                f"{what} values; expected one per image ({len(bad_ids)} image(s) affected)"
+                f"{path}: image {bad_ids[0]!r} has {_py(per_id.loc[bad_ids[0], col])} "
+                f"different {what} values; expected one per image ({len(bad_ids)} image(s) "
+                f"affected)"
             )
+    # Every annotation is checked here, once (~1 s for the real 73k rows), so a malformed RLE
+    # stops any command before it trains, tunes or writes, naming the line to fix.
+    ids = df["id"].to_numpy()
+    rle.check_all(df["annotation"].to_numpy(),
+                  (df["height"] * df["width"]).to_numpy(),
+                  lambda i: f"{path}: row {i + 2} (id {ids[i]!r})")
+    dup = df.duplicated(["id", "annotation"], keep="first")
+    if dup.any():
+        first = int(np.flatnonzero(dup.to_numpy())[0])
+        warnings.warn(f"{path}: {int(dup.sum())} duplicated row(s) (same id and annotation), "
+                      f"first at row {first + 2} (id {ids[first]!r}); a cell listed twice counts "
+                      f"as two cells", stacklevel=2)
     return df
 
 
@@ -235,7 +305,8 @@ class TrainData:
     def load_instances(self, image_id: str) -> Instances:
         rows = self._check_id(image_id)
         return decode_instances(self.table["annotation"].to_numpy()[rows], self.shape(image_id),
-                                where=f"{self.csv_path.name}, id {image_id}")
+                                where=f"{self.csv_path}, id {image_id}",
+                                lines=self.table["row"].to_numpy()[rows] + 2)
 
     def check_images(self) -> None:
         """Fail early, naming the file, if any image is missing or has the wrong size."""

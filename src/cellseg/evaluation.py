@@ -134,6 +134,8 @@ def evaluate_submission(
             rows, or an id that is not in the truth CSV (all named by line and id).
     """
     truth_csv = Path(truth_csv)
+    if out_dir is not None:
+        fileio.require_folder(out_dir, "out_dir")  # before the work, not at the first write
     truth = read_train_csv(truth_csv)
     if isinstance(submission, pd.DataFrame):
         sub, sub_name, offset = submission, "submission", 0

@@ -15,6 +15,32 @@ from pathlib import Path
 import numpy as np
 
 
+def _blocking_file(folder: Path) -> Path | None:
+    """The path of ``folder`` or its nearest existing ancestor when that is not a folder."""
+    for p in (folder, *folder.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else p
+    return None
+
+
+def require_folder(folder: str | os.PathLike, what: str = "") -> Path:
+    """Fail before any work if ``folder`` cannot be a folder (it, or a parent, is a file).
+
+    Why: ``mkdir`` would say only ``[Errno 17] File exists`` after minutes of work; this names
+    the path and says a folder was expected. Creates nothing.
+
+    Raises:
+        NotADirectoryError: with a message naming ``what`` (e.g. ``"--out"``) and the path.
+    """
+    folder = Path(folder)
+    blocking = _blocking_file(folder)
+    if blocking is not None:
+        label = f"{what} {folder}" if what else str(folder)
+        where = "is a file" if blocking == folder else f"has a file in its path: {blocking}"
+        raise NotADirectoryError(f"{label}: {where}; expected a folder")
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
@@ -23,7 +49,11 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     (Keras, matplotlib) pick the format from the extension.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        require_folder(path.parent)
+        raise
     if suffix is None:
         suffix = f".tmp{path.suffix}"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)

@@ -755,6 +755,10 @@ def _prepare_dir(out: Path, overwrite: bool) -> None:
     (out / "test").mkdir(parents=True, exist_ok=True)
 
 
+# Largest synthetic image: a few float64 work arrays of this size fit in a few GB.
+MAX_PIXELS = 8192 * 8192
+
+
 def make_dataset(out_dir: str | Path, n_train: int = 60, n_test: int = 12, seed: int = 0,
                  height: int = IMAGE_HEIGHT, width: int = IMAGE_WIDTH, *,
                  scale: float | None = None, count_scale: float = 1.0,
@@ -788,6 +792,9 @@ def make_dataset(out_dir: str | Path, n_train: int = 60, n_test: int = 12, seed:
         raise ValueError(f"need n_train >= 1 and n_test >= 0, got {n_train}, {n_test}")
     if height < 32 or width < 32:
         raise ValueError(f"image size must be at least 32x32, got {height}x{width}")
+    if height * width > MAX_PIXELS:  # before any folder or array: 1e5 x 1e5 is 80 GB of floats
+        raise ValueError(f"image size {height}x{width} ({height * width:,} pixels) is too large; "
+                         f"at most {MAX_PIXELS:,} pixels (e.g. 8192x8192)")
     fractions = dict(REAL_TYPE_FRACTIONS if type_fractions is None else type_fractions)
     bad = set(fractions) - set(CELL_TYPES)
     if bad or not any(v > 0 for v in fractions.values()) or any(v < 0 for v in
