@@ -23,7 +23,6 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-
 from tiny_data import make_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,6 +190,7 @@ TRAIN = ["--fold", "0", "--config", "{cfg}", "--data-dir", "{data}", "--exp", "b
 TUNE = ["--config", "{cfg}", "--data-dir", "{data}", "--exp", "bi", "--no-plots",
         "--n-trials", "1"]
 TUNE_CLASSICAL = [*TUNE, "--method", "classical"]
+FOLDS = ["--data-dir", "{data}", "--n-folds", "3"]  # the tiny root has 3 samples per type
 EVALUATE = ["--submission", "{data}/sample_submission.csv", "--truth", "{data}/test_truth.csv",
             "--out", "{out}/eval", "--images", "{data}/test"]
 
@@ -210,6 +210,12 @@ CASES: dict[str, list[Case]] = {
         Case("folds_id_traversal", lambda w: w.edit_csv("folds.csv", lambda df: df.__setitem__(
             "id", df["id"].where(df.index != ROW, TRAVERSAL))), TRAIN,
             ["folds.csv", "row 5", TRAVERSAL]),
+        Case("fold_not_in_folds_csv", nothing, [*TRAIN[:1], "7", *TRAIN[2:]],
+             ["fold 7", "folds.csv", "[0, 1, 2]"],
+             marks=(pytest.mark.xfail(strict=True, reason=(
+                 "needs src/cellseg/training.py split_ids (line ~483): known = "
+                 "sorted(int(f) for f in folds['fold'].unique()); today the message lists "
+                 "[np.int64(0), np.int64(1), np.int64(2)]")),)),
         *[Case(f"config_{key}", nothing, [*TRAIN, "--set", f"{key}={value}"], [key])
           for key, value in (("train.epochs", -1), ("train.steps_per_epoch", 0),
                              ("train.batch_size", 0), ("augment.crop_size", 0),
@@ -233,15 +239,15 @@ CASES: dict[str, list[Case]] = {
              ["a_file.txt", "is a file", "expected a folder"]),
     ],
     "make_folds": [
-        Case("empty_train_csv", write("train.csv", ""), ["--data-dir", "{data}"],
+        Case("empty_train_csv", write("train.csv", ""), FOLDS,
              ["train.csv", "empty file"]),
-        Case("header_only_train_csv", header_only("train.csv"), ["--data-dir", "{data}"],
+        Case("header_only_train_csv", header_only("train.csv"), FOLDS,
              ["train.csv", "no data rows", "one row per annotated cell"]),
-        Case("out_is_folder", nothing, ["--data-dir", "{data}", "--out", "{out}"],
+        Case("out_is_folder", nothing, [*FOLDS, "--out", "{out}"],
              ["--out", "is a folder"]),
-        Case("id_traversal", id_everywhere(TRAVERSAL), ["--data-dir", "{data}"],
+        Case("id_traversal", id_everywhere(TRAVERSAL), FOLDS,
              ["train.csv", "row", TRAVERSAL]),
-        Case("rle_past_int64", rle_at_row("99999999999999999999 1"), ["--data-dir", "{data}"],
+        Case("rle_past_int64", rle_at_row("99999999999999999999 1"), FOLDS,
              ["train.csv", "row 5", "too large"]),
         Case("n_folds_1", nothing, ["--data-dir", "{data}", "--n-folds", "1"], ["--n-folds"]),
     ],
@@ -273,6 +279,19 @@ CASES: dict[str, list[Case]] = {
         Case("to_coco_rle_wraps", rle_at_row("9223372036854775000 10000"),
              ["--to-coco", "{data}", "--annotations", "{out}/coco.json"],
              ["train.csv", "row 5", "past the image end"]),
+    ],
+    "package": [
+        Case("no_trained_model", nothing, ["--exp", "nope", "--config", "{cfg}"],
+             ["no trained model", "nope"]),
+    ],
+    "export": [
+        Case("out_is_file", nothing, ["--exp", "nope", "--config", "{cfg}", "--out", "{file}"],
+             ["--out", "a_file.txt", "not a folder"]),
+    ],
+    "pseudo_label": [
+        Case("no_trained_model", nothing,
+             ["--exp", "nope", "--images", "{data}/test", "--out", "{out}/pl"],
+             ["no trained model", "nope"]),
     ],
     "infer": [
         Case("save_probs_is_file", nothing,
@@ -356,6 +375,21 @@ def test_convert_coco(case: Case, ws: Workspace, capsys) -> None:
     check("convert_coco", case, ws, capsys)
 
 
+@pytest.mark.parametrize("case", _params("package"))
+def test_package(case: Case, ws: Workspace, capsys) -> None:
+    check("package", case, ws, capsys)
+
+
+@pytest.mark.parametrize("case", _params("export"))
+def test_export(case: Case, ws: Workspace, capsys) -> None:
+    check("export", case, ws, capsys)
+
+
+@pytest.mark.parametrize("case", _params("pseudo_label"))
+def test_pseudo_label(case: Case, ws: Workspace, capsys) -> None:
+    check("pseudo_label", case, ws, capsys)
+
+
 @pytest.mark.parametrize("case", _params("infer"))
 def test_infer(case: Case, ws: Workspace, capsys) -> None:
     check("infer", case, ws, capsys)
@@ -370,7 +404,7 @@ def test_real_exit_status(module: str, case_id: str, ws: Workspace) -> None:
     before = snapshot(ws.top)
     proc = subprocess.run([sys.executable, str(REPO / "src" / f"{module}.py"),
                            *[ws.fmt(a) for a in case.args]], capture_output=True, text=True,
-                          cwd=ws.work, timeout=120)
+                          cwd=ws.work, timeout=120, check=False)
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, \
         proc.stderr
@@ -399,3 +433,19 @@ def test_folds_ids_missing_from_train_csv_warn(ws: Workspace) -> None:
     with pytest.warns(UserWarning, match=r"folds\.csv: 1 id\(s\) not in train\.csv"):
         folds = load_folds(ws.data / "folds.csv", ids=data.ids)
     assert "feedbeef0001" in set(folds["id"])
+
+
+def test_file_where_a_folder_is_expected_is_named(tmp_path: Path) -> None:
+    """The late path (``infer --save-probs FILE`` writes its first .npz after the model ran):
+    ``[Errno 17] File exists`` becomes a message naming the file and what was expected."""
+    from cellseg import fileio
+
+    blocker = tmp_path / "probs"
+    blocker.write_text("a file\n")
+    with pytest.raises(NotADirectoryError, match="probs: is a file; expected a folder"):
+        fileio.save_npz(blocker / "abc.npz", probs=np.zeros(3))
+    with pytest.raises(NotADirectoryError, match="has a file in its path"):
+        fileio.require_folder(blocker / "sub" / "deeper", "--out")
+    assert blocker.read_text() == "a file\n" and sorted(tmp_path.iterdir()) == [blocker]
+    assert fileio.require_folder(tmp_path / "new" / "folder") == tmp_path / "new" / "folder"
+    assert not (tmp_path / "new").exists()  # checking creates nothing

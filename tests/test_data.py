@@ -149,3 +149,52 @@ def test_corrupt_and_color_images(tmp_path):
     cv2.imwrite(str(deep), np.zeros((4, 4), np.uint16))
     with pytest.raises(DataError, match="8-bit"):
         read_image(deep)
+
+
+@pytest.mark.parametrize("image_id", ["../../../outside/x", "/tmp/x", "a/b", "..", ".", ".hidden",
+                                      "-rf", "a b", "x" * 201, "a\\b"])
+def test_unsafe_ids_rejected_when_read(tmp_path, image_id):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5)], "bbb": [box(s, 0, 5, 0, 5)]})
+    df = pd.read_csv(root / "train.csv", dtype=str)
+    df.loc[1, "id"] = image_id
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match=r"train\.csv: row 3: image id .* is not a safe file name"):
+        read_train_csv(root / "train.csv")
+
+
+@pytest.mark.parametrize("image_id", ["0030fd0e6378", "a_b.c-d", "_1_img", "A" * 200])
+def test_safe_ids_accepted(image_id):
+    from cellseg.data import check_image_id, is_safe_id
+
+    assert is_safe_id(image_id) and check_image_id(image_id, "f.csv: row 2") == image_id
+
+
+def test_empty_and_header_only_train_csv_named(tmp_path):
+    (tmp_path / "train.csv").write_text("")
+    with pytest.raises(DataError, match=r"train\.csv: empty file"):
+        read_train_csv(tmp_path / "train.csv")
+    (tmp_path / "train.csv").write_text(",".join(TRAIN_COLUMNS) + "\n")
+    with pytest.raises(DataError, match=r"train\.csv: no data rows \(header only\)"):
+        read_train_csv(tmp_path / "train.csv")
+
+
+def test_messages_hold_python_values_not_numpy_reprs(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5)]})
+    df = pd.read_csv(root / "train.csv")
+    df["width"] = df["width"].astype(float)
+    df.loc[0, "width"] = 192.5
+    df.to_csv(root / "train.csv", index=False)
+    with pytest.raises(DataError, match="got 192.5") as info:
+        read_train_csv(root / "train.csv")
+    assert "np." not in str(info.value)
+
+
+def test_duplicated_rows_warn(tmp_path):
+    s = (20, 30)
+    root = write_root(tmp_path, {"aaa": [box(s, 0, 5, 0, 5), box(s, 6, 9, 6, 9)]})
+    df = pd.read_csv(root / "train.csv")
+    pd.concat([df, df.iloc[[1]]]).to_csv(root / "train.csv", index=False)
+    with pytest.warns(UserWarning, match=r"1 duplicated row\(s\) .* row 4 \(id 'aaa'\)"):
+        assert len(read_train_csv(root / "train.csv")) == 3

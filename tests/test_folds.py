@@ -59,3 +59,24 @@ def test_cli_on_real_sample_layout_errors_cleanly(real_sample, tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "cannot fill 5 folds" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "empty file"),
+    ("id,fold\n", "no data rows"),
+    ("id,fold\naaa,0\nbbb,x\n", r"row 3 \(id 'bbb'\): fold must be an integer >= 0, got 'x'"),
+    ("id,fold\naaa,0\nbbb,1.5\n", "row 3 .*got '1.5'"),
+    ("id,fold\naaa,0\nbbb,-1\n", "row 3 .*got '-1'"),
+    ("id,fold\naaa,0\n../x,1\n", r"row 3: image id '../x' is not a safe file name"),
+    ("id,fold\naaa,0\naaa,1\n", "row 2: image id 'aaa' is in 2 folds"),
+])
+def test_load_folds_bad_content_named(tmp_path, text, message):
+    (tmp_path / "folds.csv").write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_folds(tmp_path / "folds.csv")
+
+
+def test_make_folds_without_images_says_what_is_expected():
+    with pytest.raises(DataError, match="no images") as info:
+        make_folds(images_table().iloc[:0], n_folds=3)
+    assert "--n-folds <=" not in str(info.value)

@@ -79,3 +79,41 @@ def test_real_rows_roundtrip(real_sample):
     assert len(df) == 395
     for text, h, w in zip(df.annotation, df.height, df.width):
         assert rle.encode(rle.decode(text, (h, w))) == text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("99999999999999999999 1", "'99999999999999999999' is too large"),  # was StopIteration
+    ("9223372036854775000 10000", "past the image end"),  # start + length wrapped int64
+    ("1 9223372036854775807", "past the image end"),
+    ("1_0 2", "'1_0' is not an integer"),  # int() would read 10
+    ("\u0661 2", "is not an integer"),  # numpy would read an Arabic-Indic digit
+])
+def test_out_of_range_and_odd_tokens_are_rle_errors(text, message):
+    with pytest.raises(rle.RLEError, match=message):
+        rle.decode(text, (3, 4), where="train.csv row 7 (id abc)")
+
+
+def test_rle_error_is_a_data_error():
+    # Every CLI reports a DataError as one `error:` line; a malformed RLE is bad data too.
+    from cellseg.data import DataError
+
+    assert issubclass(rle.RLEError, DataError) and issubclass(rle.RLEError, ValueError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="0123456789 -x", max_size=14), min_size=1, max_size=6),
+       st.integers(1, 40))
+def test_first_invalid_agrees_with_parse(texts, n_pixels):
+    expected = None
+    for i, text in enumerate(texts):
+        try:
+            rle.parse(text, n_pixels)
+        except rle.RLEError:
+            expected = i
+            break
+    assert rle.first_invalid(texts, n_pixels, chunk=2) == expected
+
+
+def test_check_all_names_the_row():
+    with pytest.raises(rle.RLEError, match="f.csv: row 3: RLE has an odd number"):
+        rle.check_all(["1 2", "1 2 3"], [12, 12], lambda i: f"f.csv: row {i + 2}")
