@@ -3,7 +3,7 @@
 Why: tuning scores every OOF image in every Optuna trial (hundreds of trials x hundreds of
 images), and validation scores images every few epochs; the scorer must take milliseconds.
 StarDist's ``stardist.matching.matching`` is the reference implementation in our field
-(DESIGN.md section 7) and computes the same TP / FP / FN, so it is both the speed yardstick
+(docs/design.md section 7) and computes the same TP / FP / FN, so it is both the speed yardstick
 and an independent check of our numbers.
 
 Data: per image, a "truth" label image of ~300 touching random ellipses at 520 x 704 (shsy5y

@@ -4,7 +4,7 @@ Why: post-processing runs once per test image after the folds x TTA ensemble, an
 thousands of times per Optuna trial on out-of-fold maps, so it must stay far below the
 network's own cost (~0.3 s per 520x704 image on one core is the budget).
 
-Inputs are synthetic but shaped like the real data (DESIGN.md section 2): per cell type, random
+Inputs are synthetic but shaped like the real data (docs/design.md section 2): per cell type, random
 non-overlapping ellipses at the competition's size, from which we draw
 
 * realistic probability maps: body and touching-border band, blurred and with noise, as a

@@ -8,7 +8,7 @@ What it does:
 
 1. writes a synthetic ``train.csv`` at the real scale into a temporary data root: 606 images
    of 704 x 520 (155 shsy5y, 131 astro, 320 cort), cells per image drawn from the real
-   per-type statistics and rescaled to the real row counts (52,286 / 10,522 / 10,777; DESIGN.md
+   per-type statistics and rescaled to the real row counts (52,286 / 10,522 / 10,777; docs/design.md
    section 2), random non-overlapping ellipses (crowded types touch). The rows are made by
    ``rle.encode_labels`` and that call is timed (rows/s, all images);
 2. times ``TrainData(root)`` (CSV read + validation) and ``load_instances(id)`` for every id

@@ -293,7 +293,7 @@ def _json_default(value: Any) -> Any:
 # ------------------------------------------------------------------------------ synthetic cells
 @dataclass(frozen=True)
 class CellSpec:
-    """Real per-type statistics (DESIGN.md section 2) for fast random label images."""
+    """Real per-type statistics (docs/design.md section 2) for fast random label images."""
 
     images: int  # images of this type in the real train.csv
     cells: int  # rows of this type in the real train.csv

@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         "Real background includes unannotated cells, membranes and neurites: its std (the "
         "unit of contrast and halo) is larger than a clean background's.",
         "40 real images is a small sample (the competition has 606); the per-type counts in "
-        "DESIGN.md section 2 (cells per image, areas) come from all 606 and were the "
+        "docs/design.md section 2 (cells per image, areas) come from all 606 and were the "
         "generator's first targets.",
         *args.note,
     ]

@@ -66,6 +66,9 @@ def _config_path(arg: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import warnings
+
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     from cellseg.config import ConfigError
     from cellseg.data import DataError
     from cellseg.inference import resolve_config, run_inference

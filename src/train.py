@@ -45,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import warnings
+
+    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     from cellseg import training
     from cellseg.config import ConfigError, load_config, validate
     from cellseg.data import DataError

@@ -211,11 +211,9 @@ CASES: dict[str, list[Case]] = {
             "id", df["id"].where(df.index != ROW, TRAVERSAL))), TRAIN,
             ["folds.csv", "row 5", TRAVERSAL]),
         Case("fold_not_in_folds_csv", nothing, [*TRAIN[:1], "7", *TRAIN[2:]],
-             ["fold 7", "folds.csv", "[0, 1, 2]"],
-             marks=(pytest.mark.xfail(strict=True, reason=(
-                 "needs src/cellseg/training.py split_ids (line ~483): known = "
-                 "sorted(int(f) for f in folds['fold'].unique()); today the message lists "
-                 "[np.int64(0), np.int64(1), np.int64(2)]")),)),
+             ["fold 7", "folds.csv", "[0, 1, 2]"]),
+        Case("exp_traversal", nothing, [*TRAIN, "--exp", "../../outside"],
+             ["name", "../../outside", "safe folder name"]),
         *[Case(f"config_{key}", nothing, [*TRAIN, "--set", f"{key}={value}"], [key])
           for key, value in (("train.epochs", -1), ("train.steps_per_epoch", 0),
                              ("train.batch_size", 0), ("augment.crop_size", 0),
@@ -297,12 +295,7 @@ CASES: dict[str, list[Case]] = {
         Case("save_probs_is_file", nothing,
              ["--config", "{cfg}", "--data-dir", "{data}", "--exp", "bi", "--out",
               "{out}/submission.csv", "--save-probs", "{file}"],
-             ["--save-probs", "a_file.txt", "folder"],
-             marks=(pytest.mark.xfail(strict=True, reason=(
-                 "needs src/cellseg/inference.py (run_inference) or src/infer.py to check "
-                 "--save-probs / --save-overlays with cellseg.fileio.require_folder before "
-                 "loading models; today the missing models are reported first and, with "
-                 "models, the first save_npz fails")),)),
+             ["--save-probs", "a_file.txt", "folder"]),
     ],
 }
 

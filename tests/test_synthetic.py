@@ -117,7 +117,7 @@ def test_per_type_statistics(full_size) -> None:
             for t, v in full_size.items()}
     assert n["shsy5y"] > 3 * n["cort"] and n["shsy5y"] >= 75
     assert 4 <= n["cort"] <= 108 and 5 <= n["astro"] <= 200
-    # Real medians (real subset / DESIGN.md): shsy5y ~150-270 px, cort ~200-225, astro ~560-800.
+    # Real medians (real subset / docs/design.md): shsy5y ~150-270 px, cort ~200-225, astro ~560-800.
     assert 100 <= area["shsy5y"] <= 300 and 150 <= area["cort"] <= 300
     assert area["astro"] > 3 * area["shsy5y"] and 500 <= area["astro"] <= 1200
 

@@ -364,6 +364,12 @@ def _check_ranges(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; errors name the key."""
     _check_ranges(cfg)
+    from .data import is_safe_id
+
+    if not is_safe_id(cfg.name):
+        raise ConfigError(f"name: {cfg.name!r} is not a safe folder name (the experiment "
+                          f"folder {cfg.output_dir}/<name>); use letters, digits, '_', '.', "
+                          f"'-' (--exp)")
     for entry in cfg.data.extra:
         parse_extra(entry)
     m = cfg.model

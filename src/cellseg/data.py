@@ -1,6 +1,6 @@
 """Reading and validating a Sartorius-format data root.
 
-Layout (DESIGN.md §2): ``train.csv`` (one row per cell), ``train/{id}.png``, ``test/{id}.png``,
+Layout (docs/design.md section 2): ``train.csv`` (one row per cell), ``train/{id}.png``, ``test/{id}.png``,
 ``sample_submission.csv``. Nothing hard-codes 704 x 520: each image's size comes from the CSV's
 ``width``/``height`` and is checked against the PNG.
 
@@ -9,7 +9,7 @@ cells). A label image can hold one owner per pixel, so a contested pixel goes to
 cell that claims it: small cells stay whole and a big neighbour loses a thin rim, which is how
 the eye would split it. The contested pixels are kept as a boolean ``overlap`` map (training can
 treat them as border), and the exact per-cell pixel sets are kept for the metric, which counts
-a contested pixel for every true cell (DESIGN.md §3).
+a contested pixel for every true cell (docs/design.md section 3).
 """
 
 from __future__ import annotations

@@ -311,6 +311,10 @@ def run_inference(
                         f"{TEST_DIRNAME}/*.png; set --data-dir)")
     shapes = folder_image_shapes(test_dir)
     ids = list(shapes)
+    for folder, what in ((save_probs_dir, "--save-probs"), (save_overlays_dir,
+                                                            "--save-overlays")):
+        if folder is not None:
+            fileio.require_folder(folder, what)
     from .ensemble import FoldEnsemble
 
     ens = FoldEnsemble.load(cfg, exp_dir, folds=folds, heads=heads, tta=tta,

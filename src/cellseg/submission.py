@@ -1,6 +1,6 @@
 """The competition's ``submission.csv``: build, write atomically, validate.
 
-Format (DESIGN.md section 2): columns ``id,predicted``; one row per predicted cell, its mask as
+Format (docs/design.md section 2): columns ``id,predicted``; one row per predicted cell, its mask as
 RLE (1-indexed starts, row-major pixels, sorted non-overlapping runs inside the image); every
 test id appears, with one empty ``predicted`` when the image has no cell. The competition's
 checker also rejects two masks of one image that share a pixel.

@@ -4,7 +4,7 @@ Why: the real data (and a GPU) are not always at hand, yet every stage of the pi
 targets, folds, training, tuning, inference, scoring) must run end to end. The generator makes
 a data root that looks and behaves like the competition's: the same CSV columns and RLE
 convention, one cell type per image, per-type counts and sizes drawn from the real statistics
-(DESIGN.md section 2, refined on the labelled real subset), crowded *touching* shsy5y
+(docs/design.md section 2, refined on the labelled real subset), crowded *touching* shsy5y
 clusters (the instance-separation problem), annotations that overlap a neighbour by a few
 pixels (as real annotations do; most among astro), and unannotated debris and neurites.
 
@@ -67,7 +67,7 @@ import pandas as pd
 from . import fileio, rle
 from .constants import CELL_TYPES, IMAGE_HEIGHT, IMAGE_WIDTH, TRAIN_COLUMNS
 
-# Real proportions of the 606 training images (DESIGN.md section 2).
+# Real proportions of the 606 training images (docs/design.md section 2).
 REAL_TYPE_FRACTIONS: dict[str, float] = {"shsy5y": 155 / 606, "astro": 131 / 606,
                                          "cort": 320 / 606}
 

@@ -479,7 +479,7 @@ def split_ids(cfg: Config, data: TrainData, fold: int) -> tuple[list[str], list[
     """Training and validation image ids of ``fold`` from ``<data root>/folds.csv``."""
     folds = load_folds(Path(cfg.data.root) / FOLDS_FILENAME, ids=data.ids)
     folds = folds[folds["id"].isin(data.ids)]
-    known = sorted(folds["fold"].unique())
+    known = sorted(int(f) for f in folds["fold"].unique())
     if fold not in known:
         raise TrainingError(f"fold {fold} not in {Path(cfg.data.root) / FOLDS_FILENAME} "
                             f"(folds there: {known})")
