@@ -226,7 +226,8 @@ def train_variant(variant: str, exp: str, config: str, data_dir: Path, minutes: 
     sets = [f"output_dir={output_dir}", f"train.time_budget_min={minutes}",
             f"model.nested={str(nested).lower()}",
             f"model.attention={str(attention).lower()}",
-            f"model.deep_supervision={str(ds).lower()}", "train.max_val_images=0"]
+            f"model.deep_supervision={str(ds).lower()}", "train.max_val_images=0",
+            'train.init_from=""']  # architectures compared from random weights
     if epochs:
         sets.append(f"train.epochs={epochs}")
     sets += list(extra_sets or [])

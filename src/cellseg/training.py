@@ -490,6 +490,20 @@ def split_ids(cfg: Config, data: TrainData, fold: int) -> tuple[list[str], list[
 
 def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = False,
                verbose: int | str = "auto") -> Path:
+    """Train one fold end to end; returns the fold directory (see :func:`_train_fold`).
+
+    Keras' global dtype policy (``train.mixed_precision``) is restored afterwards, so a
+    caller's later models (tests, notebooks, a second fold in one process) are not silently
+    built in float16."""
+    previous = keras.mixed_precision.global_policy()
+    try:
+        return _train_fold(cfg, fold, resume=resume, overwrite=overwrite, verbose=verbose)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = False,
+                verbose: int | str = "auto") -> Path:
     """Train one fold end to end; returns the fold directory.
 
     Args:
@@ -533,7 +547,9 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
                                desc="val images")
     if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
         raise TrainingError(f"train.init_from: {cfg.train.init_from} not found (expected a "
-                            f".keras model, e.g. output/<exp>/fold0/best.keras)")
+                            f".keras model, e.g. output/<exp>/fold0/best.keras; configs/"
+                            f"real_cpu.yaml's comes from `make pretrain-synthetic`; "
+                            f"--set 'train.init_from=\"\"' starts from random weights)")
 
     replaced = _set_aside(fold_dir) if chief and overwrite else None
     main_ids = set(train_ids)
