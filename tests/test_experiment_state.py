@@ -128,22 +128,19 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path):
     deadline = time.time() + 240
     while not (fold_dir / "state.json").is_file() and time.time() < deadline:
         time.sleep(0.5)
-    # Like a user, press Ctrl-C again if the first one is not acted on within a minute (once,
-    # under heavy load, a single SIGINT did not stop the run).
-    for _ in range(3):
-        proc.send_signal(signal.SIGINT)
-        try:
-            out, err = proc.communicate(timeout=60)
-            break
-        except subprocess.TimeoutExpired:
-            continue
-    else:
+    # One Ctrl-C: the current epoch finishes and is saved, then the run stops (a flag, not a
+    # KeyboardInterrupt that a finaliser could swallow: once seen under load).
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("train.py did not stop after three SIGINTs")
+        pytest.fail("train.py did not stop after one Ctrl-C")
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert "--resume" in err and "last.keras" in err
-    assert (fold_dir / "last.keras").is_file()
+    assert "stopping after this epoch" in out
+    assert (fold_dir / "last.keras").is_file() and not (fold_dir / "result.json").exists()
 
 
 # ------------------------------------------------------------------------------ overwrite

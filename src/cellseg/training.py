@@ -22,7 +22,9 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,7 @@ class FoldMonitor(keras.callbacks.Callback):
         self.write = write  # False on non-chief workers: they save to a scratch dir
         self.t0 = time.time() - float(state.get("elapsed_s", 0.0))
         self.epoch_t0 = time.time()
+        self.interrupted = False  # stopped by Ctrl-C (see stop_on_ctrl_c)
 
     def _out(self, name: str) -> Path:
         if self.write:
@@ -249,10 +252,48 @@ class FoldMonitor(keras.callbacks.Callback):
         if budget_stop:
             print(f"time budget of {tcfg.time_budget_min} min reached; stopping")
             self.model.stop_training = True
+        if STOP_REQUEST.is_set():  # Ctrl-C: this epoch's checkpoint is saved above
+            self.interrupted = True
+            self.model.stop_training = True
 
     def _save(self, path: Path) -> None:
         with fileio.atomic_path(path, suffix=".tmp.keras") as tmp:
             self.model.save(tmp)
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+STOP_REQUEST = threading.Event()
+
+
+@contextlib.contextmanager
+def stop_on_ctrl_c():
+    """First Ctrl-C: finish the current epoch, save its checkpoint, then stop (FoldMonitor
+    checks :data:`STOP_REQUEST`); a second one stops at once.
+
+    Why not rely on KeyboardInterrupt: under load it was seen to be swallowed (raised inside
+    a finaliser during Keras' saving, where Python ignores exceptions) and training went on.
+    A flag cannot be lost. Only in the main thread (signals go there); restored afterwards.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    STOP_REQUEST.clear()
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):  # noqa: ANN001
+        if STOP_REQUEST.is_set():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        STOP_REQUEST.set()
+        print("\nCtrl-C: stopping after this epoch (its checkpoint is kept); press Ctrl-C "
+              "again to stop at once", flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        STOP_REQUEST.clear()
 
 
 # --------------------------------------------------------------------------- the run
@@ -599,9 +640,11 @@ def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = 
     t0 = time.time()
     if state["epoch"] < cfg.train.epochs:
         scope = _work_around_multiworker_build(model, strategy, batches)
-        with scope:
+        with scope, stop_on_ctrl_c():
             model.fit(batches, epochs=cfg.train.epochs, initial_epoch=int(state["epoch"]),
                       callbacks=[monitor], verbose=verbose)
+    if monitor.interrupted:
+        raise KeyboardInterrupt  # train.py prints the --resume command
     train_s = time.time() - t0
     if not chief:
         return fold_dir
