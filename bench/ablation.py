@@ -64,9 +64,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import common  # noqa: E402
 import yaml  # noqa: E402
 
-import common  # noqa: E402
 from cellseg.constants import CELL_TYPES  # noqa: E402
 
 NAME = "ablation"
@@ -127,8 +127,8 @@ def fold0_seed(data_dir: Path, n_folds: int = 3, first: int = 42, tries: int = 5
     Why: folds are grouped by sample (3-6 images each), so a small data root has only a
     couple of samples of a type and one fold can miss it; the table needs a score per type.
     """
-    from cellseg.data import TrainData
-    from cellseg.folds import make_folds
+    from cellseg.data.dataset import TrainData
+    from cellseg.data.folds import make_folds
 
     images = TrainData(data_dir).images
     types = set(images["cell_type"])
@@ -260,9 +260,11 @@ def forward_ms(model_paths: dict[str, Path], repeats: int = 5) -> dict[str, floa
     import keras
     import numpy as np
     import tensorflow as tf
-
     from bench_model import _forward_fn, interleaved
-    from cellseg import losses, model, schedules  # noqa: F401  (custom objects)
+
+    from cellseg.model import losses
+    from cellseg.model import network as model
+    from cellseg.train import schedules  # noqa: F401  (custom objects)
 
     tf.get_logger().setLevel("ERROR")
     x = tf.constant(np.random.default_rng(0).standard_normal((1, 528, 704, 1)).astype(

@@ -13,7 +13,7 @@ C, ...: the machine is shared, so only comparisons made in the same run mean any
     parts and the real ``FoldMonitor.on_epoch_end`` (unscored and scored epoch);
 (e) variants of (c): ``TrainBatches`` workers 1 (no enqueuer threads: tf.data runs the
     generator), OpenCV limited to 1 thread (``cv2.setNumThreads(1)``) while the workers run,
-    a faster foreground crop (what-if for ``cellseg.augment``: :func:`fast_crop_class`; also
+    a faster foreground crop (what-if for ``cellseg.train.augment``: :func:`fast_crop_class`; also
     for (b), checked to give identical batches); and, with ``--tf-threads``, TensorFlow
     intra/inter-op thread pools (these must be set before TensorFlow starts, so each setting
     runs in its own child process, alternating).
@@ -23,7 +23,7 @@ threads); inside ``fit`` the CPU of the batch-making calls (``time.thread_time``
 threads) and of the main thread are split out; the rest is TensorFlow's threads (and
 OpenCV's).
 
-Data: a synthetic data root from ``cellseg.synthetic.make_dataset`` in a temporary folder
+Data: a synthetic data root from ``cellseg.data.synthetic.make_dataset`` in a temporary folder
 (``--images`` images of 520 x 704), or ``--data-dir`` (a competition-format root; the first
 ``--images`` ids). Model, optimizer, losses and batches are built as ``train_fold`` builds
 them from ``--config`` (default ``configs/demo.yaml``); ``configs/real_cpu.yaml`` has the same
@@ -89,7 +89,7 @@ class Meter:
 
 
 def _batches_class():
-    from cellseg.pipeline import TrainBatches
+    from cellseg.train.batches import TrainBatches
 
     class MeteredBatches(TrainBatches):
         """``TrainBatches`` that adds up the CPU time (per thread) of its ``__getitem__``
@@ -136,7 +136,7 @@ def _epoch_meter(batches):
 
 
 def fast_crop_class():
-    """What-if for ``cellseg.augment`` (not used by the project): albumentations'
+    """What-if for ``cellseg.train.augment`` (not used by the project): albumentations'
     ``CropNonEmptyMaskIfExists`` finds its foreground by summing the H x W x C target over
     channels (a reduction over a length-2 axis: ~7 ms for 520 x 704) and ``argwhere`` on the
     full image, once per crop; this subclass draws the same crop with the same random calls
@@ -177,7 +177,7 @@ def fast_crop_class():
 @contextlib.contextmanager
 def fast_foreground_crop(enabled: bool = True):
     """Augmenters built inside the block use :func:`fast_crop_class` (what-if)."""
-    from cellseg import augment
+    from cellseg.train import augment
 
     old = augment.A.CropNonEmptyMaskIfExists
     if enabled:
@@ -195,12 +195,12 @@ class Bench:
         import keras
 
         from cellseg.config import load_config
-        from cellseg.data import TrainData
-        from cellseg.losses import compile_kwargs
-        from cellseg.model import build_model, output_names
-        from cellseg.pipeline import load_samples
-        from cellseg.schedules import WarmupCosine
-        from cellseg.training import classifier_probs, train_cell_type_classifier
+        from cellseg.data.dataset import TrainData
+        from cellseg.model.losses import compile_kwargs
+        from cellseg.model.network import build_model, output_names
+        from cellseg.train.batches import load_samples
+        from cellseg.train.schedules import WarmupCosine
+        from cellseg.train.trainer import classifier_probs, train_cell_type_classifier
 
         self.tmp = tmp
         self.steps = args.steps
@@ -288,8 +288,8 @@ class Bench:
         import pandas as pd
 
         from cellseg import fileio
-        from cellseg.training import FoldMonitor, validate_images
-        from cellseg.viz import plot_curves
+        from cellseg.evaluate.viz import plot_curves
+        from cellseg.train.trainer import FoldMonitor, validate_images
 
         fold_dir = self.tmp / "output" / "fold0"
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -340,8 +340,8 @@ class Bench:
         writer's first-call costs."""
         import pandas as pd
 
-        from cellseg.training import validate_images
-        from cellseg.viz import plot_curves
+        from cellseg.evaluate.viz import plot_curves
+        from cellseg.train.trainer import validate_images
 
         steps = self.steps
         self.steps = 2
@@ -382,7 +382,7 @@ def measure(args: argparse.Namespace, variants: dict[str, dict[str, Any]],
     with tempfile.TemporaryDirectory(prefix="bench_epoch_") as tmp_name:
         tmp = Path(tmp_name)
         if not args.data_dir:
-            from cellseg.synthetic import make_dataset
+            from cellseg.data.synthetic import make_dataset
 
             make_dataset(tmp / "data", n_train=args.images, n_test=0, seed=0)
         t0 = time.perf_counter()

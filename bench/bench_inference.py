@@ -2,7 +2,7 @@
 
 Why: the Kaggle kernel has 9 GPU hours for ~240 hidden test images x folds x TTA, and a CPU
 user wants to know what ``infer.py`` costs per image and where the time goes. This runs the
-real thing, :func:`cellseg.inference.run_inference` (the code ``src/infer.py`` and the
+real thing, :func:`cellseg.infer.test_set.run_inference` (the code ``src/infer.py`` and the
 kernel run), and reports its per-stage timing (read + normalise, model ensemble + TTA,
 post-processing, RLE encoding, csv) for four settings: no TTA / 4-flip TTA x
 ``heads=mean`` (every deep-supervision head) / ``heads=prune=2`` (UNet++ pruned to
@@ -50,7 +50,7 @@ def fake_experiment(exp_dir: Path, config: str | os.PathLike) -> Any:
     import keras
 
     from cellseg.config import load_config, save_config
-    from cellseg.model import build_model
+    from cellseg.model.network import build_model
 
     cfg = load_config(config)
     keras.utils.set_random_seed(0)
@@ -74,7 +74,7 @@ def test_root(data_dir: Path | None, n_images: int, work: Path) -> tuple[Path, s
             shutil.copy(p, root / "test" / p.name)
         origin = f"{data_dir}/test ({min(n_images, len(source))} of {len(source)} images)"
     else:
-        from cellseg.synthetic import make_dataset
+        from cellseg.data.synthetic import make_dataset
 
         gen = work / "generated"
         make_dataset(gen, n_train=1, n_test=n_images, seed=0)
@@ -92,8 +92,8 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         config: str = "configs/demo.yaml", folds: list[int] | None = None,
         settings: list[tuple[str, list[str]]] | None = None) -> dict[str, Any]:
     """Time run_inference for each (heads, tta) setting; returns the results dict."""
-    from cellseg import inference
-    from cellseg.model import model_info
+    from cellseg.infer import test_set as inference
+    from cellseg.model.network import model_info
 
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         work = Path(tmp)

@@ -2,11 +2,11 @@
 
 Why: the paper's comparison (U-Net, UNet++ with deep supervision, Attention U-Net, Attention
 UNet++) is a trade of accuracy against cost; this measures the cost side with one builder
-(``cellseg.model.build_model``) so that only the switch under study changes:
+(``cellseg.model.network.build_model``) so that only the switch under study changes:
 
 * parameters;
 * forward pass of one 528 x 704 image (the competition's 520 x 704 padded to a multiple of
-  16), through the same compiled call inference uses (``cellseg.predict._forward``): median
+  16), through the same compiled call inference uses (``cellseg.infer.maps._forward``): median
   of ``--repeats`` calls after warm-up;
 * one training step (``train_on_batch``, AdamW, the project's losses and metrics) on 2 crops
   of 256 x 256;
@@ -42,9 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
-
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 NAME = "model"
 
@@ -100,7 +99,7 @@ def _forward_fn(model: Any) -> Any:
     copy out, as in inference)."""
     import keras
 
-    from cellseg.predict import _forward
+    from cellseg.infer.maps import _forward
 
     fn = _forward(model)
 
@@ -126,8 +125,8 @@ def _train_step_fn(model: Any, crop: int, batch: int) -> Any:
 
     from cellseg.config import TrainConfig
     from cellseg.constants import CELL_TYPES
-    from cellseg.losses import compile_kwargs
-    from cellseg.model import CELL_TYPE_OUTPUT, model_info, output_names
+    from cellseg.model.losses import compile_kwargs
+    from cellseg.model.network import CELL_TYPE_OUTPUT, model_info, output_names
 
     cfg = TrainConfig()
     model.compile(optimizer=keras.optimizers.AdamW(learning_rate=1e-3,
@@ -184,8 +183,8 @@ def run(widths: list[int], height: int = 528, width: int = 704, repeats: int = 5
     import tensorflow as tf
 
     from cellseg.config import ModelConfig
-    from cellseg.model import build_model
-    from cellseg.predict import pruned
+    from cellseg.infer.maps import pruned
+    from cellseg.model.network import build_model
 
     tf.get_logger().setLevel("ERROR")  # "N calls triggered retracing": one trace per model
     x = tf.constant(np.random.default_rng(0).standard_normal((1, height, width, 1)).astype(

@@ -38,13 +38,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-import common  # noqa: E402
-from cellseg import rle  # noqa: E402
 from cellseg.constants import TRAIN_COLUMNS  # noqa: E402
-from cellseg.data import TrainData  # noqa: E402
+from cellseg.data import rle  # noqa: E402
+from cellseg.data.dataset import TrainData  # noqa: E402
 
 NAME = "rle"
 

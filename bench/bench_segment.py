@@ -9,9 +9,9 @@ pass (``--tile 0``) also holds every activation of the network at full size.
 How: each size runs in its own subprocess (``--child``), because TensorFlow's allocations do
 not show in ``tracemalloc``; the child reports ``resource.getrusage(RUSAGE_SELF).ru_maxrss``
 after loading the models (the fixed cost) and after segmenting (the peak), and the wall time
-of ``cellseg.segment_images.run_segment`` (read, tiles, stitching, CSV, overlay, TIFF). The
+of ``cellseg.infer.segment_images.run_segment`` (read, tiles, stitching, CSV, overlay, TIFF). The
 test images are a 16-bit mosaic of one synthetic 1,024 x 1,024 image
-(:mod:`cellseg.synthetic`), mirrored so no seam cuts cells.
+(:mod:`cellseg.data.synthetic`), mirrored so no seam cuts cells.
 
 Usage:
     python bench/bench_segment.py [--exp demo] [--sizes 1,16,64] [--whole 1,16] [--folds 0]
@@ -45,7 +45,7 @@ def make_image(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]:
     import numpy as np
     import tifffile
 
-    from cellseg.synthetic import make_image as synth
+    from cellseg.data.synthetic import make_image as synth
 
     base, _ = synth("cort", np.random.default_rng(seed), 1024, 1024, scale=1.0)
     base = base.astype(np.uint16) * 200 + 1000
@@ -60,9 +60,9 @@ def make_image(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]:
 
 def child(args: argparse.Namespace) -> int:
     """Run one segmentation in this process and print a JSON line with time and memory."""
-    from cellseg import segment_images as seg
-    from cellseg.ensemble import FoldEnsemble
-    from cellseg.inference import resolve_config
+    from cellseg.infer import segment_images as seg
+    from cellseg.infer.ensemble import FoldEnsemble
+    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(None, [], exp=args.exp, folds=args.folds)
     ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, tta=["identity"])

@@ -5,7 +5,7 @@ Why: ``tune.py`` runs ~150 trials per cell type, each scoring every OOF image of
 tuning run takes and whether ``tune.n_jobs`` (processes scoring one trial's images) pays off
 on this machine.
 
-Inputs are synthetic but shaped like the real data: 520 x 704 images from ``cellseg.synthetic``
+Inputs are synthetic but shaped like the real data: 520 x 704 images from ``cellseg.data.synthetic``
 (per-type cell counts and shapes drawn from the real statistics: shsy5y ~320 touching cells,
 cort ~30, astro ~70 per image, with overlapping annotations), turned into soft, noisy OOF body /
 border probability maps (``bench_postprocess.probability_maps``); ``--method classical`` tunes
@@ -44,21 +44,24 @@ import optuna  # noqa: E402
 import scipy  # noqa: E402
 import skimage  # noqa: E402
 import sqlalchemy  # noqa: E402
-
 from bench_postprocess import (  # noqa: E402
     CELL_TYPES as SPECS,
+)
+from bench_postprocess import (
     draw_cells,
     phase_contrast_image,
     probability_maps,
 )
-from cellseg import fileio, oof  # noqa: E402
+
+from cellseg import fileio
+from cellseg.train import oof  # noqa: E402
 
 try:
-    from cellseg import synthetic  # noqa: E402
+    from cellseg.data import synthetic  # noqa: E402
 except ImportError:  # an older checkout: fall back to bench_postprocess's ellipses
     synthetic = None
 from cellseg.config import Config  # noqa: E402
-from cellseg.tuning import (  # noqa: E402
+from cellseg.tune.study import (  # noqa: E402
     SEARCH_SPACES,
     EvalSet,
     Evaluator,
@@ -87,7 +90,7 @@ def synthetic_image(cell_type: str, rng: np.random.Generator
                     ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """(label image, phase-contrast image, per-cell truth pixels) of one 520 x 704 image.
 
-    ``cellseg.synthetic`` (real per-type cell counts and shapes, touching shsy5y clusters,
+    ``cellseg.data.synthetic`` (real per-type cell counts and shapes, touching shsy5y clusters,
     overlapping annotations) when the package has it; else ``bench_postprocess``'s ellipses.
     """
     if synthetic is not None:
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         "trials_per_study": args.trials,
         "n_jobs": jobs,
         "storage": "SQLite file (WAL), as tune.py's default",
-        "generator": "cellseg.synthetic.make_image" if synthetic is not None
+        "generator": "cellseg.data.synthetic.make_image" if synthetic is not None
                      else "bench_postprocess.draw_cells (ellipses)",
         "seed": args.seed,
         "machine": {

@@ -331,7 +331,7 @@ def draw_labels(rng: Any, shape: tuple[int, int], n_cells: int, area_median: flo
                 ) -> Any:
     """A label image (int32, 0 = background) of up to ``n_cells`` random ellipses.
 
-    Why not :func:`cellseg.synthetic.make_image`: benchmarks need tens of thousands of cells
+    Why not :func:`cellseg.data.synthetic.make_image`: benchmarks need tens of thousands of cells
     in seconds and no rendered image. Each cell is drawn in its own small patch; a candidate
     that would lie more than ``max_overlap`` on earlier cells is redrawn, and it takes only
     free pixels (earlier cells stay whole), so crowded types give touching cells.

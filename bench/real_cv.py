@@ -37,8 +37,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (REPO, RESULTS_DIR, make_report, markdown_table,  # noqa: E402
-                    start_info, write_results)
+from common import REPO, RESULTS_DIR, make_report, markdown_table, start_info, write_results  # noqa: E402
 
 REAL_SUBSET = REPO.parent / "shared" / "real_subset"
 
@@ -96,8 +95,8 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
     import numpy as np
     import optuna
 
-    from cellseg.postprocess import DEEP_SEARCH_SPACE
-    from cellseg.tuning import EvalSet, Evaluator, method_defaults, tune_cell_type
+    from cellseg.postprocess.decode import DEEP_SEARCH_SPACE
+    from cellseg.tune.study import EvalSet, Evaluator, method_defaults, tune_cell_type
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     defaults = method_defaults(cfg, "deep")
@@ -127,21 +126,20 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
 
 def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int,
             pictures: Path, overlays: Path) -> dict[str, Any]:
+    import cv2
     import numpy as np
     import pandas as pd
 
-    from cellseg import oof
-    from cellseg.constants import CELL_TYPES
-    from cellseg.data import TrainData
-    from cellseg.errors import error_analysis, error_summary, error_table
-    from cellseg.metric import match
-    from cellseg.postprocess import decode_with_params
-    from cellseg.tuned import load_params
-    from cellseg.tuning import load_eval_sets
-    import cv2
-
     from cellseg import fileio
-    from cellseg.viz import error_overlay, plot_iou_hist
+    from cellseg.constants import CELL_TYPES
+    from cellseg.data.dataset import TrainData
+    from cellseg.evaluate.error_analysis import error_analysis, error_summary, error_table
+    from cellseg.evaluate.metric import match
+    from cellseg.evaluate.viz import error_overlay, plot_iou_hist
+    from cellseg.postprocess.decode import decode_with_params
+    from cellseg.train import oof
+    from cellseg.tune.study import load_eval_sets
+    from cellseg.tune.tuned_params import load_params
 
     data = TrainData(cfg.data.root)
     sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
@@ -236,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             for o in args.overrides:
                 cmd += ["--set", o.replace("{fold}", str(k))]
             run(cmd, log)
-    from cellseg.inference import resolve_config
+    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(args.config, exp=args.exp, config_explicit=True)
     n_trials = args.n_trials or cfg.tune.n_trials
@@ -261,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["cell_type"], r["images"], r["untuned"], r["tuned_held_out"],
              r["tuned_in_sample"], r["as_inferred"], r["type_accuracy"]]
             for r in results["summary"]]
-    from cellseg.errors import SIZE_BINS
+    from cellseg.evaluate.error_analysis import SIZE_BINS
 
     err_cols = ["cell_type", "images", "tp", "fn", "fp", "merges", "splits",
                 "precision@0.5", "recall@0.5", "mean_iou",

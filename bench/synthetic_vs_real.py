@@ -1,14 +1,14 @@
 """Benchmark: how close is the synthetic generator to real Sartorius images?
 
-Why: the demo, the tests and every CPU experiment run on ``cellseg.synthetic`` images, so a
+Why: the demo, the tests and every CPU experiment run on ``cellseg.data.synthetic`` images, so a
 method that helps there only helps on real cells if the synthetic cells are counted, sized,
 shaped and rendered like real ones. This script measures both sides with the same code and
 puts them side by side, per cell type.
 
 Real side: the labelled real subset (``../shared/real_subset``: 40 images, astro 9, cort 21,
-shsy5y 10), read with ``cellseg.data.TrainData``. If it is absent (a user's clone has no
+shsy5y 10), read with ``cellseg.data.dataset.TrainData``. If it is absent (a user's clone has no
 ``shared/``), the script prints a note and exits 0. Synthetic side: the project's generator
-(``cellseg.synthetic.make_dataset``) writes, into a temporary directory, the same number of
+(``cellseg.data.synthetic.make_dataset``) writes, into a temporary directory, the same number of
 704 x 520 images per type, read back with the same loader (so both go through the same RLE
 rows and overlap handling).
 
@@ -64,9 +64,10 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 from skimage.measure import regionprops  # noqa: E402
 
-from cellseg import fileio, synthetic  # noqa: E402
+from cellseg import fileio
 from cellseg.constants import CELL_TYPES  # noqa: E402
-from cellseg.data import Instances, TrainData  # noqa: E402
+from cellseg.data import synthetic  # noqa: E402
+from cellseg.data.dataset import Instances, TrainData  # noqa: E402
 
 NAME = "synthetic_vs_real"
 DEFAULT_REAL = common.REPO.parent / "shared" / "real_subset"
@@ -441,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     body = [f"Real: `{args.real_dir.name}` ({', '.join(f'{t} {n}' for t, n in n_per_type.items())}"
-            f" images). Synthetic: `cellseg.synthetic.make_dataset`, 704 x 520, seed "
+            f" images). Synthetic: `cellseg.data.synthetic.make_dataset`, 704 x 520, seed "
             f"{args.seed}, the same number of images per type. Ratio = synthetic / real."]
     if before_doc:
         body.append(f"\"before\" = the generator before its parameters were tuned toward these "

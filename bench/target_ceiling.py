@@ -2,8 +2,8 @@
 
     python bench/target_ceiling.py [--source ../shared/real_subset] [--radii 1,2,3,4]
 
-The network predicts a body map and a touching-border band (``cellseg.targets``); the
-watershed (``cellseg.postprocess``) turns them into cells. If the network predicted its
+The network predicts a body map and a touching-border band (``cellseg.model.targets``); the
+watershed (``cellseg.postprocess.decode``) turns them into cells. If the network predicted its
 targets exactly, how well would the cells come back? This decodes the real subset's own
 targets (band half-width = the per-image default, and fixed radii) with the default
 post-processing and scores them against the true annotations, per cell type. A low figure
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from cellseg.constants import CELL_TYPES
-    from cellseg.data import TrainData
-    from cellseg.metric import match
-    from cellseg.postprocess import decode_instances
-    from cellseg.targets import border_radius, make_targets
+    from cellseg.data.dataset import TrainData
+    from cellseg.evaluate.metric import match
+    from cellseg.model.targets import border_radius, make_targets
+    from cellseg.postprocess.decode import decode_instances
 
     started = start_info()
     data = TrainData(args.source)

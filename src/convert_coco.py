@@ -57,9 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.coco import CocoError, convert_coco, parse_type_map, root_to_coco, write_coco
-    from cellseg.data import DataError
-    from cellseg.rle import RLEError
+    from cellseg.data.coco import CocoError, convert_coco, parse_type_map, root_to_coco, write_coco
+    from cellseg.data.dataset import DataError
+    from cellseg.data.rle import RLEError
 
     raw_argv = list(sys.argv if argv is None else ["src/convert_coco.py", *argv])
     bars: list = []

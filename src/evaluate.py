@@ -5,7 +5,7 @@ analysis (misses, false positives, merges, splits, by cell size, matched IoU), a
 ``scores.csv`` (per image), ``summary.csv``, ``summary.md``, ``errors.csv`` (per image),
 ``errors_summary.csv``, ``errors_summary.md``, ``iou_hist.png`` and overlays of the worst and
 best images coloured by error kind to ``--out`` (default: ``<submission folder>/<submission
-name>_eval``). The logic lives in ``cellseg.evaluation.evaluate_submission``.
+name>_eval``). The logic lives in ``cellseg.evaluate.submission_score.evaluate_submission``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --n-overlays must be >= 0, got {args.n_overlays}", file=sys.stderr)
         return 2
     from cellseg import fileio
-    from cellseg.data import DataError
-    from cellseg.evaluation import evaluate_submission
+    from cellseg.data.dataset import DataError
+    from cellseg.evaluate.submission_score import evaluate_submission
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     submission = Path(args.submission)

@@ -4,7 +4,7 @@ Writes DIR/saved_model/ (TensorFlow SavedModel: TF Serving, DeepImageJ), DIR/mod
 (tf2onnx), DIR/postprocess.yaml (the per-cell-type post-processing parameters),
 DIR/export.json and DIR/README.md (input normalisation, output channels, checks). Each
 exported file is run on a synthetic test image and compared with Keras; the largest
-absolute difference is printed and must be <= 1e-4. The logic lives in ``cellseg.export``.
+absolute difference is printed and must be <= 1e-4. The logic lives in ``cellseg.deploy.export``.
 
 Exit status: 0 when every export reproduces Keras, 2 on bad options or a failed check.
 """
@@ -58,7 +58,7 @@ def _config_path(arg: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg.config import ConfigError
-    from cellseg.inference import resolve_config
+    from cellseg.infer.test_set import resolve_config
 
     try:
         out = Path(args.out)
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg, exp_dir, _ = resolve_config(_config_path(args.config), args.overrides,
                                          exp=args.exp, config_explicit=args.config is not None,
                                          folds=args.folds)
-        from cellseg.ensemble import FoldEnsemble  # TensorFlow from here on
-        from cellseg.export import export_experiment
+        from cellseg.deploy.export import export_experiment
+        from cellseg.infer.ensemble import FoldEnsemble  # TensorFlow from here on
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads,
                                 warn_untuned=False)

@@ -3,7 +3,7 @@
 Ensembles every trained fold of the experiment (``output/<exp>/fold<K>/best.keras``) with
 test-time augmentation, picks each image's cell type from the network's head, decodes
 instances with that type's tuned parameters (``output/<exp>/postprocess.yaml``) and writes a
-validated submission atomically. All the logic lives in ``cellseg.inference.run_inference``
+validated submission atomically. All the logic lives in ``cellseg.infer.test_set.run_inference``
 (the Kaggle kernel calls it too); this script only parses options.
 
 Config: when the experiment has a saved training config (``fold0/config.yaml``) it is the base
@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellseg.cli import int_list, name_list  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -70,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     from cellseg.config import ConfigError
-    from cellseg.data import DataError
-    from cellseg.inference import resolve_config, run_inference
+    from cellseg.data.dataset import DataError
+    from cellseg.infer.test_set import resolve_config, run_inference
 
     try:
         cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,

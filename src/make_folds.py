@@ -10,8 +10,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellseg.constants import DEFAULT_DATA_DIR  # noqa: E402
-from cellseg.data import DataError, TrainData  # noqa: E402
-from cellseg.folds import FOLDS_FILENAME, make_folds, save_folds  # noqa: E402
+from cellseg.data.dataset import DataError, TrainData  # noqa: E402
+from cellseg.data.folds import FOLDS_FILENAME, make_folds, save_folds  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
                                  [--height H] [--width W] [--count-scale F] [--overwrite]
 
 Writes train.csv, train/*.png, test/*.png, sample_submission.csv and test_truth.csv (see
-``cellseg.synthetic``), then prints per-type counts and sizes.
+``cellseg.data.synthetic``), then prints per-type counts and sizes.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.synthetic import make_dataset  # noqa: E402
+from cellseg.data.synthetic import make_dataset  # noqa: E402
 
 
 def _remove_empty(folders: list[Path]) -> None:

@@ -8,7 +8,7 @@ offline pip install. Then::
     kaggle datasets create -p output/kaggle_dataset/<exp> --dir-mode zip
     kaggle kernels push -p kernels/infer
 
-All the logic lives in ``cellseg.packaging.build_package``; this script only parses options.
+All the logic lives in ``cellseg.deploy.kaggle.build_package``; this script only parses options.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellseg.cli import int_list  # noqa: E402
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def _config_path(arg: str | None) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg.config import ConfigError, load_config
-    from cellseg.packaging import PackagingError, build_package, kernel_requirements
+    from cellseg.deploy.kaggle import PackagingError, build_package, kernel_requirements
 
     caught: list[warnings.WarningMessage] = []
     try:

@@ -12,7 +12,7 @@ ROOT/train.csv (competition columns + ``confidence``), ROOT/train/<id>.png, ROOT
 ROOT/source.json (experiment, folds, heads, TTA, post-processing, thresholds). A cell is kept
 when its mean body probability is at least max(its type's tuned seed_threshold,
 (1 + mask_threshold) / 2, --min-confidence) and it grew from a seed of its own (see
-``cellseg.pseudo``).
+``cellseg.infer.pseudo_labels``).
 """
 
 from __future__ import annotations
@@ -73,11 +73,11 @@ def _config_path(arg: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.coco import CocoError
     from cellseg.config import ConfigError
-    from cellseg.data import DataError
-    from cellseg.inference import resolve_config
-    from cellseg.pseudo import PseudoError, list_images, pseudo_label
+    from cellseg.data.coco import CocoError
+    from cellseg.data.dataset import DataError
+    from cellseg.infer.pseudo_labels import PseudoError, list_images, pseudo_label
+    from cellseg.infer.test_set import resolve_config
 
     raw_argv = list(sys.argv if argv is None else ["src/pseudo_label.py", *argv])
     bars: list = []
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,
                                              exp=args.exp, config_explicit=args.config
                                              is not None, folds=args.folds)
-        from cellseg.ensemble import FoldEnsemble
+        from cellseg.infer.ensemble import FoldEnsemble
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads, tta=args.tta,
                                 cell_type=args.cell_type)

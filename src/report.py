@@ -4,7 +4,7 @@ Writes ``output/<exp>/report/report.md`` with PNGs: data statistics (cell types,
 image), sample images with their true masks, training curves and fold results, tuned
 post-processing, the evaluation's best / worst overlays and the ablation table. It only reads
 files the pipeline already wrote (no model is run); missing parts are skipped with a note.
-The logic lives in ``cellseg.report.build_report``.
+The logic lives in ``cellseg.evaluate.report.build_report``.
 """
 
 from __future__ import annotations
@@ -41,8 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg import fileio
-    from cellseg.data import DataError, is_safe_id
-    from cellseg.report import build_report
+    from cellseg.data.dataset import DataError, is_safe_id
+    from cellseg.evaluate.report import build_report
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
     if args.samples < 0:

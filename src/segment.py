@@ -7,7 +7,7 @@ DIR/NAME_rois.zip (ImageJ ROIs for Fiji's ROI Manager and QuPath). Large images 
 predicted in overlapping tiles and stitched without cutting cells. A re-run skips images
 whose outputs all exist; --shard K/N runs one of N disjoint parts of the sorted list (e.g.
 ``--shard $SLURM_ARRAY_TASK_ID/10`` with ``--array=0-9``). The logic lives in
-``cellseg.segment_images``.
+``cellseg.infer.segment_images``.
 
 Exit status: 0 when every image was segmented or skipped, 2 on bad options or when any image
 failed (each failure is an ``error:`` line naming the file; the others are still done).
@@ -36,7 +36,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from cellseg.segment_images import DEFAULT_OVERLAP, DEFAULT_TILE
+    from cellseg.infer.segment_images import DEFAULT_OVERLAP, DEFAULT_TILE
 
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
@@ -87,9 +87,9 @@ def _config_path(arg: str | None) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg import segment_images as seg
     from cellseg.config import ConfigError
-    from cellseg.inference import resolve_config
+    from cellseg.infer import segment_images as seg
+    from cellseg.infer.test_set import resolve_config
 
     try:
         if args.scale is not None and not args.scale > 0:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         if not files:
             print(f"shard {args.shard}: no image in this part; nothing to do")
             return 0
-        from cellseg.ensemble import FoldEnsemble  # TensorFlow from here on
+        from cellseg.infer.ensemble import FoldEnsemble  # TensorFlow from here on
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads,
                                 tta=args.tta, cell_type=args.cell_type)

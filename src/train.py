@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
-    from cellseg import training
     from cellseg.config import ConfigError, load_config, validate
-    from cellseg.data import DataError
+    from cellseg.data.dataset import DataError
+    from cellseg.train import trainer as training
 
     overrides = list(args.overrides)
     if args.data_dir:

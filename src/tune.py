@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cellseg.cli import int_list, name_list  # noqa: E402
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 DEFAULT_CONFIG = "configs/default.yaml"
@@ -98,12 +99,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace):
     """The config to tune with, and a note saying where it came from.
 
-    The rule of :func:`cellseg.inference.resolve_config`: the experiment's saved config (data
+    The rule of :func:`cellseg.infer.test_set.resolve_config`: the experiment's saved config (data
     root the folds were trained on, model, default post-processing) is the base; an explicit
     ``--config`` supplies the ``tune`` and ``infer`` sections only; ``--data-dir`` and
     ``--set`` override last.
     """
-    from cellseg.inference import resolve_config as resolve_experiment
+    from cellseg.infer.test_set import resolve_config as resolve_experiment
 
     overrides = list(args.overrides)
     if args.data_dir:
@@ -125,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from cellseg.config import ConfigError
-    from cellseg.data import DataError
-    from cellseg.tuning import TuningError, format_table, run_tuning
+    from cellseg.data.dataset import DataError
+    from cellseg.tune.study import TuningError, format_table, run_tuning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

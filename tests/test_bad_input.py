@@ -406,7 +406,7 @@ def test_real_exit_status(module: str, case_id: str, ws: Workspace) -> None:
 
 # ------------------------------------------------------------------------------ warnings
 def test_duplicated_train_rows_warn_with_count_and_file(ws: Workspace) -> None:
-    from cellseg.data import read_train_csv
+    from cellseg.data.dataset import read_train_csv
 
     path = ws.data / "train.csv"
     lines = path.read_text().splitlines()
@@ -417,8 +417,8 @@ def test_duplicated_train_rows_warn_with_count_and_file(ws: Workspace) -> None:
 
 
 def test_folds_ids_missing_from_train_csv_warn(ws: Workspace) -> None:
-    from cellseg.data import TrainData
-    from cellseg.folds import load_folds
+    from cellseg.data.dataset import TrainData
+    from cellseg.data.folds import load_folds
 
     ws.edit_csv("folds.csv", lambda df: df.loc.__setitem__(
         len(df), ["feedbeef0001", "0", "astro", "astro[x]_S9"]))

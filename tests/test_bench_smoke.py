@@ -24,6 +24,7 @@ import bench_metric  # noqa: E402
 import bench_rle  # noqa: E402
 import common  # noqa: E402
 import run_all  # noqa: E402
+
 from cellseg.constants import CELL_TYPES  # noqa: E402
 
 
@@ -167,9 +168,8 @@ def test_bench_model_tiny() -> None:
 
 @pytest.mark.slow
 def test_graph_flops_counts_a_convolution_exactly() -> None:
-    import keras
-
     import bench_model
+    import keras
 
     inp = keras.Input((8, 8, 1))
     out = keras.layers.Conv2D(4, 3, padding="same")(inp)

@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cellseg.celltype import (CellTypeClassifier, CellTypeClassifierError, ensemble_proba,
-                              image_features)
 from cellseg.constants import CELL_TYPES
-from cellseg.synthetic import make_image
+from cellseg.data.synthetic import make_image
+from cellseg.model.celltype import (
+    CellTypeClassifier,
+    CellTypeClassifierError,
+    ensemble_proba,
+    image_features,
+)
 
 REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "real_subset"
 
@@ -77,7 +81,7 @@ def test_real_images_out_of_fold():
     """Half of the 40 real images train, the other half are classified (and the reverse)."""
     if not (REAL_SUBSET / "train.csv").is_file():
         pytest.skip(f"real subset not present at {REAL_SUBSET}")
-    from cellseg.data import TrainData
+    from cellseg.data.dataset import TrainData
 
     data = TrainData(REAL_SUBSET)
     ids = sorted(data.ids)

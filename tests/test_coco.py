@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import coco, rle
-from cellseg.data import TrainData, read_train_csv
+from cellseg.data import coco, rle
+from cellseg.data.dataset import TrainData, read_train_csv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))

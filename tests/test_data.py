@@ -3,9 +3,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import rle
 from cellseg.constants import TRAIN_COLUMNS
-from cellseg.data import DataError, TrainData, decode_instances, read_image, read_train_csv
+from cellseg.data import rle
+from cellseg.data.dataset import DataError, TrainData, decode_instances, read_image, read_train_csv
 
 
 def write_root(tmp_path, masks_by_id, cell_type="cort", shape=(20, 30)):
@@ -165,7 +165,7 @@ def test_unsafe_ids_rejected_when_read(tmp_path, image_id):
 
 @pytest.mark.parametrize("image_id", ["0030fd0e6378", "a_b.c-d", "_1_img", "A" * 200])
 def test_safe_ids_accepted(image_id):
-    from cellseg.data import check_image_id, is_safe_id
+    from cellseg.data.dataset import check_image_id, is_safe_id
 
     assert is_safe_id(image_id) and check_image_id(image_id, "f.csv: row 2") == image_id
 

@@ -1,4 +1,4 @@
-"""Error analysis (cellseg.errors) and its overlays, on hand-built images with known answers."""
+"""Error analysis (cellseg.evaluate.error_analysis) and its overlays, on hand-built images with known answers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.errors import (
+from cellseg.evaluate.error_analysis import (
     SIZE_BINS,
     TABLE_COLUMNS,
     error_analysis,
@@ -19,9 +19,14 @@ from cellseg.errors import (
     error_table,
     size_bin,
 )
-from cellseg.metric import match, matched_pairs
-from cellseg.viz import ERROR_COLOURS, FILL_ALPHA, error_overlay, plot_iou_hist, \
-    save_error_overlay
+from cellseg.evaluate.metric import match, matched_pairs
+from cellseg.evaluate.viz import (
+    ERROR_COLOURS,
+    FILL_ALPHA,
+    error_overlay,
+    plot_iou_hist,
+    save_error_overlay,
+)
 
 
 def scene() -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +290,7 @@ def test_real_sample_truth_against_itself(real_sample):
     """The real image (395 overlapping annotations): its label image against itself is all TP
     and no error of any kind; the full overlapping masks against that label image still match
     every cell (contested pixels lower the IoU, not below 0.5)."""
-    from cellseg.data import TrainData
+    from cellseg.data.dataset import TrainData
 
     data = TrainData(real_sample)
     inst = data.load_instances(data.ids[0])

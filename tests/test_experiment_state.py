@@ -17,7 +17,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from tiny_data import make_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,7 +53,9 @@ def _full_model(path: Path):
     """A checkpoint with its optimizer (compiled), as --resume loads it."""
     import keras
 
-    from cellseg import losses, model, schedules  # noqa: F401  (custom objects)
+    from cellseg.model import losses
+    from cellseg.model import network as model
+    from cellseg.train import schedules  # noqa: F401  (custom objects)
 
     return keras.saving.load_model(path)
 
@@ -77,8 +78,8 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path):
 def test_resume_after_interrupt_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     """Same weights and learning-rate schedule as a run that never stopped (not only the
     epoch counter): the optimizer state and the 3-epoch schedule come back with last.keras."""
-    from cellseg import training
     from cellseg.config import config_from_dict
+    from cellseg.train import trainer as training
 
     root = make_tiny_root(tmp_path / "data")
     straight = config_from_dict(tiny_cfg_dict(tmp_path, root, name="straight"))
@@ -160,8 +161,8 @@ def test_overwrite_with_bad_data_keeps_the_finished_fold(tmp_path):
 
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path, monkeypatch):
-    from cellseg import training
     from cellseg.config import config_from_dict
+    from cellseg.train import trainer as training
 
     root = make_tiny_root(tmp_path / "data")
     cfg = config_from_dict(tiny_cfg_dict(tmp_path, root, epochs=1))
@@ -195,9 +196,9 @@ def _renamed_root(root: Path, prefix: str) -> Path:
 def test_init_from_loads_matching_layers_and_reinitialises_the_rest(tmp_path):
     import keras
 
-    from cellseg import training
     from cellseg.config import ModelConfig
-    from cellseg.model import build_model
+    from cellseg.model.network import build_model
+    from cellseg.train import trainer as training
 
     source = build_model(ModelConfig(widths=[4, 8, 16], n_targets=3), name="src")
     path = tmp_path / "src.keras"
@@ -239,7 +240,7 @@ def test_train_cli_init_from_and_extra_data(tmp_path):
     init = json.loads((fold_dir / "init_from.json").read_text())
     assert init["from"] == str(pre) and not init["not_loaded"]
     # The cell-type classifier learnt from the main root's training images only.
-    from cellseg.celltype import CLASSIFIER_FILE, CellTypeClassifier
+    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier
 
     folds = pd.read_csv(root / "folds.csv")
     n_main_train = int((folds["fold"] != 0).sum())
@@ -254,7 +255,7 @@ def test_train_cli_init_from_and_extra_data(tmp_path):
 
 def test_extra_images_that_are_validation_images_are_left_out(tmp_path):
     from cellseg.config import config_from_dict
-    from cellseg.training import load_extra_samples
+    from cellseg.train.trainer import load_extra_samples
 
     root = make_tiny_root(tmp_path / "data")
     d = tiny_cfg_dict(tmp_path, root)
@@ -269,7 +270,7 @@ def test_extra_images_that_are_validation_images_are_left_out(tmp_path):
 
 def test_weighted_sampling_follows_the_weights():
     from cellseg.config import config_from_dict
-    from cellseg.pipeline import Sample, TrainBatches
+    from cellseg.train.batches import Sample, TrainBatches
 
     cfg = config_from_dict({"augment": {"crop_size": 32}, "train": {"batch_size": 1}})
     img = np.zeros((32, 32), np.uint8)

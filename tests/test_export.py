@@ -19,7 +19,7 @@ def exported(tmp_path_factory) -> dict:
 
     import export as export_cli
     from cellseg.config import ModelConfig, load_config, save_config
-    from cellseg.model import build_model
+    from cellseg.model.network import build_model
 
     root = tmp_path_factory.mktemp("export")
     cfg_path = root / "tiny.yaml"
@@ -54,10 +54,10 @@ def test_export_reproduces_keras(exported):
 
 def test_exports_work_at_another_size(exported):
     """A size that is not a multiple of 2**depth: padding and crop are inside the graph."""
-    from cellseg.ensemble import FoldEnsemble
-    from cellseg.export import run_onnx, run_saved_model, test_image
-    from cellseg.inference import resolve_config
-    from cellseg.predict import predict_images
+    from cellseg.deploy.export import run_onnx, run_saved_model, test_image
+    from cellseg.infer.ensemble import FoldEnsemble
+    from cellseg.infer.maps import predict_images
+    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(exported["config"])
     ens = FoldEnsemble.load(cfg, exp_dir, warn_untuned=False)

@@ -5,8 +5,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cellseg.data import DataError
-from cellseg.folds import check_no_leakage, load_folds, make_folds
+from cellseg.data.dataset import DataError
+from cellseg.data.folds import check_no_leakage, load_folds, make_folds
 
 REPO = Path(__file__).resolve().parents[1]
 

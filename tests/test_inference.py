@@ -11,19 +11,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_evaluate import make_disk_dataset
 
 from cellseg.config import Config, ModelConfig, load_config, save_config
 from cellseg.constants import CELL_TYPES
-from cellseg.data import DataError
-from cellseg.inference import (
+from cellseg.data.dataset import DataError
+from cellseg.infer.submission import validate
+from cellseg.infer.test_set import (
     InferenceError,
     find_fold_models,
     resolve_config,
     run_inference,
 )
-from cellseg.submission import validate
-from cellseg.tuned import save_params
-from test_evaluate import make_disk_dataset
+from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*postprocess.yaml not found:UserWarning")
@@ -65,7 +65,7 @@ def workspace(tmp_path_factory) -> dict:
     cell-type head) and ``thresh`` (two folds of :func:`threshold_model`)."""
     import keras
 
-    from cellseg.model import build_model
+    from cellseg.model.network import build_model
 
     root = tmp_path_factory.mktemp("infer")
     data = root / "data"
@@ -261,8 +261,8 @@ def test_whole_image_classifiers_choose_the_type(workspace, tmp_path):
     """Fold classifiers beside the models decide the type; the CSV holds their probabilities."""
     import shutil
 
-    from cellseg.celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
-    from cellseg.data import read_image
+    from cellseg.data.dataset import read_image
+    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
 
     exp_src = workspace["out"] / "rand"
     out_root = tmp_path / "output"

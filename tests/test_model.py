@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cellseg.config import ModelConfig, TrainConfig
-from cellseg.losses import (
+from cellseg.model.losses import (
     BceDiceLoss,
     BodyAccuracy,
     BodyIoU,
@@ -18,7 +18,7 @@ from cellseg.losses import (
     build_metrics,
     compile_kwargs,
 )
-from cellseg.model import AttentionGate, build_model, model_depth, model_info, prune_model
+from cellseg.model.network import AttentionGate, build_model, model_depth, model_info, prune_model
 
 WIDTHS = [4, 8, 16]  # depth 2: tiny, CPU-cheap
 

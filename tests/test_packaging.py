@@ -12,22 +12,22 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-
-from cellseg import packaging
-from cellseg.config import ConfigError, load_config, save_config
-from cellseg.inference import InferenceError
-from cellseg.packaging import PackagingError, build_package, verify_package
-from cellseg.submission import read_submission, validate
-from cellseg.tuned import save_params
 from tiny_data import make_tiny_root
+
+from cellseg.config import ConfigError, load_config, save_config
+from cellseg.deploy import kaggle as packaging
+from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
+from cellseg.infer.submission import read_submission, validate
+from cellseg.infer.test_set import InferenceError
+from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels" / "infer"
@@ -73,7 +73,7 @@ def check_dataset_metadata_fields(meta: dict) -> None:
 def _tiny_model_bytes(k: int) -> bytes:
     """A real (untrained) tiny model file per fold: packaging load-checks every model."""
     from cellseg.config import ModelConfig
-    from cellseg.model import build_model
+    from cellseg.model.network import build_model
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.keras"
@@ -83,7 +83,7 @@ def _tiny_model_bytes(k: int) -> bytes:
 
 @functools.cache
 def _classifier_text(k: int) -> str:
-    from cellseg.celltype import CellTypeClassifier
+    from cellseg.model.celltype import CellTypeClassifier
 
     rng = np.random.default_rng(k)
     clf = CellTypeClassifier.fit(rng.normal(size=(6, 4)), ["shsy5y", "astro", "cort"] * 2)
@@ -169,8 +169,8 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
                             code_dir=code, dataset_id="someone/cellseg-exp")
     assert summary.folds == [0, 1] and summary.has_postprocess and summary.n_wheels == 0
     assert (out / "cellseg" / "__init__.py").is_file()
-    assert (out / "cellseg" / "inference.py").read_bytes() == \
-        (REPO / "src" / "cellseg" / "inference.py").read_bytes()
+    assert (out / "cellseg" / "infer" / "test_set.py").read_bytes() == \
+        (REPO / "src" / "cellseg" / "infer" / "test_set.py").read_bytes()
     assert not list(out.rglob("__pycache__")) and not list(out.rglob("*.pyc"))
     assert (out / "configs" / "default.yaml").is_file()
     for k in (0, 1):
@@ -395,9 +395,9 @@ def trained(tmp_path_factory) -> dict:
     so the packaged code must register them) and a stock-layer stand-in (fold 1), a tuned
     postprocess.yaml, and a data root with three test images."""
     import keras
-
-    from cellseg.model import build_model
     from test_inference import TINY, save_model, threshold_model
+
+    from cellseg.model.network import build_model
 
     root = tmp_path_factory.mktemp("pkg")
     data = make_tiny_root(root / "data", n_images=9, n_test=3)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from cellseg.config import PostprocessParams
-from cellseg.postprocess import (
+from cellseg.postprocess.decode import (
     CLASSICAL_DEFAULTS,
     CLASSICAL_SEARCH_SPACE,
     DEEP_DEFAULTS,

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cellseg.config import ModelConfig
-from cellseg.model import build_model, prune_model
-from cellseg.predict import crop, normalize_image, pad_to_multiple, predict_images, pruned
+from cellseg.infer.maps import crop, normalize_image, pad_to_multiple, predict_images, pruned
+from cellseg.model.network import build_model, prune_model
 
 
 def fake_model(seed: int, n_targets: int = 2, cell_types: bool = False) -> keras.Model:

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from cellseg import pseudo
 from cellseg.config import PostprocessParams
 from cellseg.constants import CELL_TYPES
-from cellseg.data import TrainData, read_train_csv
-from cellseg.postprocess import decode_with_params
+from cellseg.data.dataset import TrainData, read_train_csv
+from cellseg.infer import pseudo_labels as pseudo
+from cellseg.postprocess.decode import decode_with_params
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -208,7 +208,7 @@ def threshold_model(cell_type_index: int = 2):
 @pytest.mark.slow
 def test_cli_end_to_end_with_fold_ensemble(tmp_path, capsys):
     from cellseg.config import load_config, save_config
-    from cellseg.tuned import save_params
+    from cellseg.tune.tuned_params import save_params
 
     out_dir = tmp_path / "output"
     cfg_path = tmp_path / "thresh.yaml"

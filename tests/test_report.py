@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tiny_data import make_tiny_root
 
 from cellseg.constants import CELL_TYPES
-from cellseg.report import REPORT_FILE, build_report, data_statistics, default_data_dir
-from tiny_data import make_tiny_root
+from cellseg.evaluate.report import REPORT_FILE, build_report, data_statistics, default_data_dir
 
 
 def _png(path: Path, shape: tuple[int, int] = (20, 30)) -> None:

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cellseg import rle
+from cellseg.data import rle
 
 
 def test_canonical_kaggle_convention_row_major_one_indexed():
@@ -95,7 +95,7 @@ def test_out_of_range_and_odd_tokens_are_rle_errors(text, message):
 
 def test_rle_error_is_a_data_error():
     # Every CLI reports a DataError as one `error:` line; a malformed RLE is bad data too.
-    from cellseg.data import DataError
+    from cellseg.data.dataset import DataError
 
     assert issubclass(rle.RLEError, DataError) and issubclass(rle.RLEError, ValueError)
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from cellseg import segment_images as seg
+from cellseg.infer import segment_images as seg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,7 +72,7 @@ def make_experiment(root: Path) -> Path:
 
 def synthetic_image(height: int, width: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 synthetic cort image (cells at half the training scale) and its labels."""
-    from cellseg.synthetic import make_image
+    from cellseg.data.synthetic import make_image
 
     img, inst = make_image("cort", np.random.default_rng(seed), height, width, scale=0.5)
     return img, inst.labels
@@ -93,8 +93,8 @@ def exp(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def ensemble(exp):
-    from cellseg.ensemble import FoldEnsemble
-    from cellseg.inference import resolve_config
+    from cellseg.infer.ensemble import FoldEnsemble
+    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(exp["config"])
     return FoldEnsemble.load(cfg, exp_dir)
@@ -179,7 +179,7 @@ def test_tiled_big_16bit_tiff_equals_whole_image(ensemble, tmp_path):
     pass, and cells lying across tile edges come out whole."""
     import tifffile
 
-    from cellseg.metric import image_score
+    from cellseg.evaluate.metric import image_score
 
     img8, _ = synthetic_image(2000, 3000, seed=3)
     img = img8.astype(np.uint16) * 200 + 1000

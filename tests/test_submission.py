@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import rle
-from cellseg.data import DataError
-from cellseg.submission import (
+from cellseg.data import rle
+from cellseg.data.dataset import DataError
+from cellseg.infer.submission import (
     SubmissionError,
     folder_image_shapes,
     image_rows,

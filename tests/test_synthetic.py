@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg import rle, synthetic
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
+from cellseg.data import rle, synthetic
 
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "real_sample"
 SMALL = dict(height=160, width=224, count_scale=0.3)

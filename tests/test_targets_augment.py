@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from cellseg import rle
 from cellseg.config import AugmentConfig, load_config
-from cellseg.augment import apply, build_augment
-from cellseg.data import decode_instances
-from cellseg.pipeline import Sample, TrainBatches
-from cellseg.targets import TargetCache, annotation_key, make_targets
+from cellseg.data import rle
+from cellseg.data.dataset import decode_instances
+from cellseg.model.targets import TargetCache, annotation_key, make_targets
+from cellseg.train.augment import apply, build_augment
+from cellseg.train.batches import Sample, TrainBatches
 
 
 def box(shape, y0, y1, x0, x1):
@@ -109,7 +109,7 @@ def test_balanced_sampling_draws_rare_types():
 
 def test_band_radius_cap_changes_targets_and_cache_key(tmp_path):
     """A capped band (train.border_radius_max) is thinner and cached under another key."""
-    from cellseg.targets import border_radius
+    from cellseg.model.targets import border_radius
 
     s = (80, 80)
     a, b = box(s, 10, 50, 10, 40), box(s, 10, 50, 40, 70)  # big touching cells: radius 4

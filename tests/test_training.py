@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from tiny_data import make_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +83,7 @@ def test_training_writes_every_output(trained):
     for col in ("tp", "fn", "fp", "merges", "splits", "mean_iou", "pred_cell_type"):
         assert col in scores.columns, col
     assert (scores["tp"] + scores["fn"] == scores["n_true"]).all()
-    from cellseg.celltype import CLASSIFIER_FILE, CellTypeClassifier
+    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier
 
     clf = CellTypeClassifier.load(fold_dir / CLASSIFIER_FILE)
     assert sum(clf.n_train.values()) == 9 - len(val_ids)
@@ -94,10 +93,10 @@ def test_training_writes_every_output(trained):
 def test_saved_model_reloads_and_predicts_the_same(trained):
     """best.keras, reloaded, reproduces the OOF maps training wrote from its in-memory model
     (saving and loading lose nothing: weights, custom layers, heads)."""
-    from cellseg import oof
-    from cellseg.data import TrainData
-    from cellseg.inference import load_models
-    from cellseg.predict import normalize_image, predict_images
+    from cellseg.data.dataset import TrainData
+    from cellseg.infer.maps import normalize_image, predict_images
+    from cellseg.infer.test_set import load_models
+    from cellseg.train import oof
 
     tmp, root, _, _ = trained
     fold_dir = tmp / "out" / "tiny" / "fold0"
@@ -178,8 +177,8 @@ def test_curves_drawn_on_scored_epochs_and_at_the_end(tmp_path, monkeypatch):
     only when a validation score is added and on the last epoch."""
     import keras
 
-    from cellseg import training
     from cellseg.config import config_from_dict
+    from cellseg.train import trainer as training
 
     cfg = config_from_dict({"name": "t", "train": {"epochs": 5, "score_every": 2}})
     drawn: list[int] = []

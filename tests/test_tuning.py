@@ -1,4 +1,4 @@
-"""Tests of Optuna post-processing tuning (cellseg.tuning, src/tune.py) on tiny synthetic OOF maps.
+"""Tests of Optuna post-processing tuning (cellseg.tune.study, src/tune.py) on tiny synthetic OOF maps.
 
 The OOF maps are made from the truth: a blurred body map and a touching-border map, with a
 background bias (the body map never falls under ~0.28 off the cells, as an over-confident
@@ -20,15 +20,17 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from tiny_data import make_tiny_root
 
-from cellseg import oof, tuned
 from cellseg.config import load_config
 from cellseg.constants import CELL_TYPES
-from cellseg.data import TrainData
-from cellseg.folds import load_folds
-from cellseg.postprocess import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
-from cellseg.targets import make_targets
-from cellseg.tuning import (
+from cellseg.data.dataset import TrainData
+from cellseg.data.folds import load_folds
+from cellseg.model.targets import make_targets
+from cellseg.postprocess.decode import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
+from cellseg.train import oof
+from cellseg.tune import tuned_params as tuned
+from cellseg.tune.study import (
     Evaluator,
     TuningError,
     default_storage,
@@ -38,7 +40,6 @@ from cellseg.tuning import (
     run_tuning,
     study_name,
 )
-from tiny_data import make_tiny_root
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = REPO / "src" / "tune.py"
@@ -173,7 +174,7 @@ def test_other_images_or_retrained_folds_start_a_fresh_study(cfg, template):
 def test_held_out_score_is_chosen_on_the_other_half():
     from types import SimpleNamespace
 
-    from cellseg.tuning import held_out_score
+    from cellseg.tune.study import held_out_score
 
     ids = ["a", "b", "c", "d"]  # halves: {a, c} and {b, d}
     trials = [SimpleNamespace(user_attrs={"image_scores": s}) for s in (

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from cellseg import rle
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
-from cellseg.folds import make_folds, save_folds
+from cellseg.data import rle
+from cellseg.data.folds import make_folds, save_folds
 
 
 def draw_image(rng: np.random.Generator, shape: tuple[int, int], n_cells: int, radius: int

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from . import fileio
-from .constants import CELL_TYPES, DEFAULT_DATA_DIR
+from cellseg import fileio
+from cellseg.constants import CELL_TYPES, DEFAULT_DATA_DIR
 
 
 @dataclass
@@ -84,7 +84,7 @@ class TrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     cell_type_weight: float = 0.1
-    border_radius_max: int = 4  # cap of the touching band's half-width (cellseg.targets)
+    border_radius_max: int = 4  # cap of the touching band's half-width (cellseg.model.targets)
     mixed_precision: bool = False
     xla: bool = False
     workers: int = 2
@@ -364,7 +364,7 @@ def _check_ranges(cfg: Config) -> None:
 def validate(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; errors name the key."""
     _check_ranges(cfg)
-    from .data import is_safe_id
+    from cellseg.data.dataset import is_safe_id
 
     if not is_safe_id(cfg.name):
         raise ConfigError(f"name: {cfg.name!r} is not a safe folder name (the experiment "

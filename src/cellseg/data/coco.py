@@ -1,0 +1,796 @@
+"""COCO instance annotations <-> the competition's data-root layout.
+
+Why: the strongest Sartorius entries pre-trained on LIVECell (about 5,000 phase-contrast images,
+1.6 million cells, COCO json) and other COCO-format cell datasets. :func:`convert_coco` turns
+such a dataset into a data root this kit trains on (``train.csv`` with one row-major RLE per
+cell, ``train/<id>.png`` 8-bit grayscale, ``source.json`` with the provenance);
+:func:`root_to_coco` goes the other way, so a root -> COCO -> root round trip is exact.
+
+Segmentations accepted (as pycocotools defines them):
+
+* polygons: ``[[x0, y0, x1, y1, ...], ...]`` in pixel-edge coordinates (pixel ``(r, c)``
+  covers ``[c, c+1) x [r, r+1)``); a pixel belongs to the cell when its centre is inside the
+  polygon (even-odd rule, a centre on an edge going to the lower / right side as in
+  pycocotools; several polygons of one cell are united). pycocotools snaps vertices to a
+  1/5-pixel grid first, so about 2 % of the boundary pixels of random polygons differ from its
+  masks (identical on axis-aligned ones).
+* uncompressed RLE: ``{"counts": [int, ...], "size": [h, w]}``, **column-major** runs that
+  start with a run of zeros;
+* compressed RLE: the same runs as pycocotools' string (6-bit chunks offset by 48, counts
+  after the second delta-coded against the count two places before). Decoded and encoded here
+  by hand, so pycocotools is not a dependency.
+
+Overlapping cells are allowed (real astro cells overlap): each annotation keeps its own mask
+and its own train.csv row, as in the competition's train.csv (see ``cellseg.data.dataset``).
+
+Cell types: the kit knows only ``CELL_TYPES`` (``cellseg.data.dataset.read_train_csv`` rejects anything
+else, and the post-processing is tuned per type), so every image needs one of them: a fixed
+``cell_type``; the LIVECell file-name prefix (``SHSY5Y_Phase_...`` -> ``shsy5y``; other cell
+lines must be mapped with ``type_map``, e.g. ``{"A172": "astro"}``, or skipped with
+``skip_unmapped``); or the annotations' category names (what :func:`root_to_coco` writes).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from cellseg import fileio
+from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
+from cellseg.data import rle
+from cellseg.data.dataset import ID_CHARS, MAX_ID_LENGTH, check_image_id
+
+
+class CocoError(ValueError):
+    """Bad COCO input; the message names the file, image id or annotation id at fault."""
+
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
+# LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
+DEFAULT_LINE_MAP: dict[str, str] = {"SHSY5Y": "shsy5y", "SH-SY5Y": "shsy5y"}
+SOURCE_FILE = "source.json"
+# The complement of the id alphabet that cellseg.data.dataset checks when any CSV is read.
+_SAFE_ID = re.compile(f"[^{ID_CHARS}]")
+_EXTRA_COLUMNS = tuple(c for c in TRAIN_COLUMNS
+                       if c not in ("id", "annotation", "width", "height", "cell_type"))
+
+
+# --------------------------------------------------------------------------------------------
+# Run-length codecs
+# --------------------------------------------------------------------------------------------
+
+
+def decode_rle_string(text: str, where: str = "") -> np.ndarray:
+    """pycocotools' compressed counts string -> int64 run counts (column-major, zeros first).
+
+    Each count is little-endian 5-bit groups, a 6th bit saying "more follows", the last group's
+    bit 4 the sign, every char offset by 48; counts from the third on are stored as the
+    difference to the count two places before (``if (m > 2) x += cnts[m-2]`` in maskApi.c).
+    """
+    prefix = f"{where}: " if where else ""
+    if not isinstance(text, str):
+        raise CocoError(f"{prefix}compressed RLE counts must be a string, got "
+                        f"{type(text).__name__}")
+    codes = np.frombuffer(text.encode("ascii", errors="replace"), np.uint8).astype(np.int64) - 48
+    if codes.size and ((codes < 0) | (codes > 63)).any():
+        i = int(np.flatnonzero((codes < 0) | (codes > 63))[0])
+        raise CocoError(f"{prefix}compressed RLE has an invalid character {text[i]!r} at "
+                        f"position {i} (expected '0'..'o')")
+    counts: list[int] = []
+    x = k = 0
+    for c in codes.tolist():
+        x |= (c & 0x1F) << (5 * k)
+        k += 1
+        if c & 0x20:
+            continue
+        if c & 0x10:
+            x |= -1 << (5 * k)
+        if len(counts) > 2:
+            x += counts[-2]
+        counts.append(x)
+        x = k = 0
+    if k:
+        raise CocoError(f"{prefix}compressed RLE ends in the middle of a count")
+    try:
+        return np.asarray(counts, np.int64)
+    except OverflowError:
+        raise CocoError(f"{prefix}compressed RLE holds a count above 2**63") from None
+
+
+def encode_rle_string(counts: Sequence[int] | np.ndarray) -> str:
+    """Run counts -> pycocotools' compressed string (inverse of :func:`decode_rle_string`)."""
+    counts = [int(v) for v in counts]
+    out: list[str] = []
+    for i, value in enumerate(counts):
+        x = value - counts[i - 2] if i > 2 else value
+        more = True
+        while more:
+            c = x & 0x1F
+            x >>= 5
+            more = (x != -1) if (c & 0x10) else (x != 0)
+            if more:
+                c |= 0x20
+            out.append(chr(c + 48))
+    return "".join(out)
+
+
+def counts_to_indices(counts: Sequence[int] | np.ndarray, shape: tuple[int, int],
+                      where: str = "") -> np.ndarray:
+    """Column-major COCO run counts -> sorted flat **row-major** pixel indices of the mask."""
+    prefix = f"{where}: " if where else ""
+    height, width = shape
+    try:
+        counts = np.asarray(counts, np.int64)
+    except (OverflowError, TypeError, ValueError):
+        raise CocoError(f"{prefix}RLE counts must be integers below 2**63") from None
+    if counts.ndim != 1:
+        raise CocoError(f"{prefix}RLE counts must be a flat list of integers")
+    if (counts < 0).any():
+        i = int(np.flatnonzero(counts < 0)[0])
+        raise CocoError(f"{prefix}RLE count {i} is negative ({counts[i]})")
+    total = int(counts.sum())
+    if total != height * width:
+        raise CocoError(f"{prefix}RLE counts sum to {total} pixels, expected height x width = "
+                        f"{height} x {width} = {height * width}")
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    ones = np.arange(1, counts.size, 2)
+    keep = counts[ones] > 0
+    col_major = rle.pixel_indices(starts[ones][keep], counts[ones][keep])
+    x, y = np.divmod(col_major, height)
+    return np.sort(y * width + x)
+
+
+def indices_to_counts(indices: np.ndarray, shape: tuple[int, int]) -> list[int]:
+    """Sorted row-major pixel indices -> column-major COCO run counts (zeros first; the last
+    count is the final run, zeros or ones, like pycocotools' ``encode``)."""
+    height, width = shape
+    n = height * width
+    idx = np.asarray(indices, np.int64)
+    if idx.size == 0:
+        return [n]
+    y, x = np.divmod(idx, width)
+    col = np.sort(x * height + y)
+    brk = np.flatnonzero(np.diff(col) != 1) + 1
+    starts = col[np.concatenate(([0], brk))]
+    ends = col[np.concatenate((brk - 1, [col.size - 1]))] + 1
+    out = np.empty(2 * starts.size + 1, np.int64)
+    out[0] = starts[0]
+    out[1::2] = ends - starts
+    out[2:-1:2] = starts[1:] - ends[:-1]
+    out[-1] = n - ends[-1]
+    if out[-1] == 0:
+        out = out[:-1]
+    return out.tolist()
+
+
+def indices_to_rle(indices: np.ndarray) -> str:
+    """Sorted row-major pixel indices -> the competition's RLE (same as ``rle.encode``)."""
+    idx = np.asarray(indices, np.int64)
+    if idx.size == 0:
+        return ""
+    brk = np.flatnonzero(np.diff(idx) != 1) + 1
+    first = np.concatenate(([0], brk))
+    lengths = np.diff(np.concatenate((first, [idx.size])))
+    pairs = np.empty(2 * first.size, np.int64)
+    pairs[0::2] = idx[first] + 1
+    pairs[1::2] = lengths
+    return " ".join(pairs.astype(str).tolist())
+
+
+def polygon_indices(polygons: Sequence[Sequence[float]], shape: tuple[int, int],
+                    where: str = "") -> np.ndarray:
+    """Rasterise COCO polygons (pixel centres inside, even-odd, union of the polygons) to
+    sorted row-major pixel indices; coordinates outside the image are clipped."""
+    prefix = f"{where}: " if where else ""
+    height, width = shape
+    mask_parts = []
+    for p, poly in enumerate(polygons):
+        try:
+            xy = np.asarray(poly, np.float64)
+        except (TypeError, ValueError):
+            raise CocoError(f"{prefix}polygon {p} is not a list of numbers") from None
+        if xy.ndim != 1 or xy.size < 6 or xy.size % 2:
+            raise CocoError(f"{prefix}polygon {p} has {xy.size if xy.ndim == 1 else 'nested'} "
+                            f"coordinates; expected an even number >= 6 (x0, y0, x1, y1, ...)")
+        if not np.isfinite(xy).all():
+            raise CocoError(f"{prefix}polygon {p} has a non-finite coordinate")
+        xs, ys = xy[0::2], xy[1::2]
+        x2, y2 = np.roll(xs, -1), np.roll(ys, -1)
+        y_lo, y_hi = np.minimum(ys, y2), np.maximum(ys, y2)
+        # Rows whose centre r + 0.5 lies in (y_lo, y_hi]: half-open, so a vertex counts once;
+        # a centre exactly on an edge goes to the lower / right pixel, as in pycocotools.
+        r0 = np.clip(np.floor(y_lo - 0.5) + 1, 0, height).astype(np.int64)
+        r1 = np.clip(np.floor(y_hi - 0.5) + 1, 0, height).astype(np.int64)
+        n_rows = np.maximum(r1 - r0, 0)
+        if n_rows.sum() == 0:
+            continue
+        edge = np.repeat(np.arange(xs.size), n_rows)
+        first = np.cumsum(n_rows) - n_rows
+        rows = r0[edge] + (np.arange(edge.size) - first[edge])
+        cy = rows + 0.5
+        t = (cy - ys[edge]) / (y2[edge] - ys[edge])
+        cx = xs[edge] + t * (x2[edge] - xs[edge])
+        # Column c is inside when an odd number of crossings lie at x < c + 0.5.
+        cols = np.clip(np.floor(cx - 0.5) + 1, 0, width).astype(np.int64)
+        row_lo = int(rows.min())
+        toggles = np.zeros((int(rows.max()) - row_lo + 1, width + 1), np.int32)
+        np.add.at(toggles, (rows - row_lo, cols), 1)
+        inside = (np.cumsum(toggles[:, :width], axis=1) & 1).astype(bool)
+        r, c = np.nonzero(inside)
+        mask_parts.append((r + row_lo) * width + c)
+    if not mask_parts:
+        return np.zeros(0, np.int64)
+    if len(mask_parts) == 1:
+        return mask_parts[0].astype(np.int64)  # np.nonzero is already row-major sorted
+    return np.unique(np.concatenate(mask_parts)).astype(np.int64)
+
+
+def segmentation_indices(seg: Any, shape: tuple[int, int], where: str = "") -> np.ndarray:
+    """Any COCO segmentation (polygons, uncompressed or compressed RLE) -> sorted row-major
+    pixel indices, checked against the image ``shape`` = (height, width)."""
+    prefix = f"{where}: " if where else ""
+    if isinstance(seg, Mapping):
+        if "counts" not in seg or "size" not in seg:
+            raise CocoError(f"{prefix}RLE segmentation needs 'counts' and 'size', got keys "
+                            f"{sorted(seg)}")
+        size = seg["size"]
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+            raise CocoError(f"{prefix}RLE 'size' must be [height, width], got {size!r}")
+        if tuple(size) != tuple(shape):
+            raise CocoError(f"{prefix}RLE size {list(size)} (height, width) differs from the "
+                            f"image's {list(shape)}")
+        counts = seg["counts"]
+        if isinstance(counts, (bytes, bytearray)):
+            counts = counts.decode("ascii", errors="replace")
+        if isinstance(counts, str):
+            return counts_to_indices(decode_rle_string(counts, where), shape, where)
+        if isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in counts):
+            return counts_to_indices(counts, shape, where)
+        raise CocoError(f"{prefix}RLE 'counts' must be a string or a list of integers")
+    if isinstance(seg, list):
+        if not seg:
+            raise CocoError(f"{prefix}empty segmentation (no polygon)")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seg):
+            seg = [seg]  # a bare polygon, as some exporters write it
+        if not all(isinstance(p, list) for p in seg):
+            raise CocoError(f"{prefix}segmentation must be a list of polygons "
+                            f"[[x0, y0, x1, y1, ...], ...] or an RLE dict")
+        return polygon_indices(seg, shape, where)
+    raise CocoError(f"{prefix}segmentation must be polygons or an RLE dict, got "
+                    f"{type(seg).__name__}")
+
+
+# --------------------------------------------------------------------------------------------
+# Images, ids and cell types
+# --------------------------------------------------------------------------------------------
+
+
+def safe_id(stem: str) -> str:
+    """A file stem -> an image id safe as a file name: characters outside ``[A-Za-z0-9_.-]``
+    become ``_``, leading dots and dashes are dropped (no hidden files, no option look-alikes)."""
+    out = _SAFE_ID.sub("_", stem).lstrip(".-")
+    if not out:
+        raise CocoError(f"file name {stem!r} gives an empty image id")
+    # Shorter than the limit, leaving room for a de-duplicating suffix ("_2", "_<ann id>").
+    return check_image_id(out[:MAX_ID_LENGTH - 20])
+
+
+def cell_line(file_name: str) -> str:
+    """LIVECell's cell line: the file name's text before the first ``_`` (``A172``, ...)."""
+    return PurePosixPath(str(file_name).replace("\\", "/")).name.split("_", 1)[0]
+
+
+def to_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Any grayscale array -> uint8; non-8-bit data is scaled between its 0.5 and 99.5
+    percentiles (so one hot pixel cannot darken a 16-bit image). Returns (image, rescaled)."""
+    if image.dtype == np.uint8:
+        return image, False
+    if image.dtype == bool:
+        return image.astype(np.uint8) * 255, True
+    data = image.astype(np.float64)
+    finite = np.isfinite(data)
+    if not finite.any():
+        return np.zeros(image.shape, np.uint8), True
+    lo, hi = np.percentile(data[finite], [0.5, 99.5])
+    if hi <= lo:
+        out = np.zeros(image.shape, np.uint8)
+    else:
+        out = np.clip(np.round((np.where(finite, data, lo) - lo) * (255.0 / (hi - lo))), 0, 255)
+    return out.astype(np.uint8), True
+
+
+def read_image_any(path: Path) -> tuple[np.ndarray, bool]:
+    """Read PNG / TIFF / JPEG as 2-D uint8 (see :func:`to_uint8`); returns (image, rescaled).
+
+    Colour images whose channels are equal keep one channel; others are converted to gray.
+    """
+    image = None
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+            image = tifffile.imread(str(path))
+        except ImportError:
+            image = None
+        except Exception as exc:  # noqa: BLE001 - tifffile raises many types on bad files
+            raise CocoError(f"{path}: not a readable TIFF ({exc})") from None
+        rgb_order = True
+    if image is None:
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        rgb_order = False
+        if image is None:
+            raise CocoError(f"{path}: not a readable image (corrupt, or not PNG/TIFF/JPEG)")
+    image = np.asarray(image)
+    image = np.squeeze(image) if image.ndim > 2 and 1 in image.shape else image
+    if image.ndim == 3 and image.shape[-1] in (3, 4):
+        c = image[..., :3]
+        if np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 1], c[..., 2]):
+            image = np.ascontiguousarray(c[..., 0])
+        else:
+            work = c if c.dtype in (np.uint8, np.uint16) else c.astype(np.float32)
+            code = cv2.COLOR_RGB2GRAY if rgb_order else cv2.COLOR_BGR2GRAY
+            image = cv2.cvtColor(np.ascontiguousarray(work), code)
+    if image.ndim != 2:
+        raise CocoError(f"{path}: expected one 2-D grayscale image, got an array of shape "
+                        f"{image.shape}")
+    return to_uint8(image)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the file header, without decoding the pixels."""
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            width, height = im.size
+        return int(height), int(width)
+    except Exception:  # noqa: BLE001, S110 - PIL cannot open every TIFF; tifffile / cv2 can
+        pass
+    if path.suffix.lower() in (".tif", ".tiff"):
+        try:
+            import tifffile
+            with tifffile.TiffFile(str(path)) as tif:
+                shape = tif.pages[0].shape
+            return int(shape[0]), int(shape[1])
+        except Exception:  # noqa: BLE001, S110 - fall back to decoding the whole image
+            pass
+    image, _ = read_image_any(path)
+    return image.shape  # type: ignore[return-value]
+
+
+def _index_images(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Every image file under ``folder``: by relative posix path and by base name."""
+    by_rel: dict[str, Path] = {}
+    by_name: dict[str, list[Path]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if not name.lower().endswith(IMAGE_SUFFIXES) or name.startswith("."):
+                continue
+            path = Path(dirpath) / name
+            by_rel[path.relative_to(folder).as_posix()] = path
+            by_name.setdefault(name, []).append(path)
+    return by_rel, by_name
+
+
+def _find_image(file_name: str, by_rel: Mapping[str, Path], by_name: Mapping[str, list[Path]],
+                where: str) -> Path:
+    """Look a COCO ``file_name`` up among the files actually present (never opened as a
+    path built from the json): exact relative path first, else a unique base name."""
+    norm = PurePosixPath(str(file_name).replace("\\", "/"))
+    rel = "/".join(p for p in norm.parts if p not in ("", ".", "/"))
+    if rel in by_rel:
+        return by_rel[rel]
+    hits = by_name.get(norm.name, [])
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise CocoError(f"{where}: file name {norm.name!r} matches {len(hits)} files under "
+                        f"the images folder ({hits[0]}, {hits[1]}, ...); give a relative path")
+    raise CocoError(f"{where}: image file {str(file_name)!r} not found under the images folder")
+
+
+def parse_type_map(items: Iterable[str]) -> dict[str, str]:
+    """``["A172=astro", "BV2=cort"]`` -> ``{"A172": "astro", ...}`` (cell types checked)."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip().lower()
+        if not sep or not key or not value:
+            raise CocoError(f"--map {item!r}: expected LINE=TYPE, e.g. A172=astro")
+        if value not in CELL_TYPES:
+            raise CocoError(f"--map {item!r}: cell type must be one of {list(CELL_TYPES)}")
+        out[key.upper()] = value
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# COCO file reading
+# --------------------------------------------------------------------------------------------
+
+
+def _key(value: Any) -> str:
+    """COCO ids may be ints or strings; compare them as text (``1`` and ``"1"`` collide)."""
+    return str(value)
+
+
+def load_coco(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a COCO json and check its structure; ``annotations`` may be a list or LIVECell's
+    dict keyed by annotation id (returned as a list either way)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CocoError(f"{path}: annotations file not found")
+    try:
+        with open(path, "rb") as f:
+            doc = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CocoError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise CocoError(f"{path}: expected a COCO object with 'images' and 'annotations'")
+    images, anns = doc.get("images"), doc.get("annotations")
+    if not isinstance(images, list):
+        raise CocoError(f"{path}: 'images' must be a list of image entries")
+    if isinstance(anns, dict):
+        anns = list(anns.values())
+    if not isinstance(anns, list):
+        raise CocoError(f"{path}: 'annotations' must be a list (or a dict keyed by id)")
+    cats = doc.get("categories") or []
+    if isinstance(cats, dict):
+        cats = list(cats.values())
+    if not isinstance(cats, list):
+        raise CocoError(f"{path}: 'categories' must be a list")
+    for i, entry in enumerate(images):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise CocoError(f"{path}: images[{i}] has no 'id'")
+        where = f"{path}: image id {entry['id']!r}"
+        for k in ("width", "height"):
+            v = entry.get(k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise CocoError(f"{where}: '{k}' must be a positive integer, got {v!r}")
+        if not isinstance(entry.get("file_name"), str) or not entry["file_name"].strip():
+            raise CocoError(f"{where}: 'file_name' must be a non-empty string")
+    for i, ann in enumerate(anns):
+        if not isinstance(ann, dict) or "id" not in ann:
+            raise CocoError(f"{path}: annotations[{i}] has no 'id'")
+        if "image_id" not in ann:
+            raise CocoError(f"{path}: annotation id {ann['id']!r} has no 'image_id'")
+        if "segmentation" not in ann:
+            raise CocoError(f"{path}: annotation id {ann['id']!r} has no 'segmentation'")
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+# --------------------------------------------------------------------------------------------
+# COCO -> data root
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConvertSummary:
+    """What :func:`convert_coco` wrote and skipped (also saved in ``source.json``)."""
+
+    out: Path
+    counts: dict[str, int] = field(default_factory=dict)
+    per_type: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [(f"wrote {self.out} ({self.counts.get('images_written', 0)} images, "
+                  f"{self.counts.get('cells_written', 0)} cells)")]
+        for t, v in self.per_type.items():
+            lines.append(f"  {t}: {v['images']} images, {v['cells']} cells")
+        skipped = {k: v for k, v in self.counts.items()
+                   if v and k.startswith(("skipped", "dropped", "rescaled"))}
+        for k, v in skipped.items():
+            lines.append(f"  {k.replace('_', ' ')}: {v}")
+        return "\n".join(lines)
+
+
+def prepare_root(out: Path, overwrite: bool, protect: Sequence[Path] = ()) -> None:
+    """Make ``out`` ready for a new data root: refuse a non-empty folder unless ``overwrite``;
+    with it, remove only what a data root holds (never the inputs in ``protect``)."""
+    if out.exists() and not out.is_dir():
+        raise CocoError(f"output path {out} exists and is not a directory")
+    resolved = out.resolve()
+    for p in protect:
+        rp = Path(p).resolve()
+        if rp == resolved or resolved / "train" in (rp, *rp.parents):
+            raise CocoError(f"input {p} lies inside the output data root {out}; choose "
+                            f"another --out")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise CocoError(f"output directory {out} is not empty; pass --overwrite to "
+                            f"replace the data root there")
+        if (out / "train").is_dir():
+            shutil.rmtree(out / "train")
+        for name in ("train.csv", "folds.csv", SOURCE_FILE):
+            (out / name).unlink(missing_ok=True)
+    (out / "train").mkdir(parents=True, exist_ok=True)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """8-bit grayscale PNG, written atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    with fileio.atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
+                 out: str | os.PathLike, *, cell_type: str | None = None,
+                 from_filename: bool = False, from_category: bool = False,
+                 type_map: Mapping[str, str] | None = None, skip_unmapped: bool = False,
+                 keep_crowd: bool = False, overwrite: bool = False,
+                 progress: Callable[[str, int], None] | None = None,
+                 command: Sequence[str] | None = None) -> ConvertSummary:
+    """Write a competition-layout data root from a COCO instance dataset.
+
+    Everything is checked before the output folder is touched: ids, cell types, image sizes
+    (from the file headers) and every mask. Each file is written atomically, ``train.csv`` and
+    ``source.json`` last. The train.csv rows are held in memory until then (a few hundred MB
+    for all of LIVECell, less than its json).
+
+    Args:
+        images_dir: folder holding the images (searched recursively; LIVECell keeps one
+            sub-folder per cell line).
+        annotations: the COCO json.
+        out: data root to write (``train.csv``, ``train/<id>.png``, ``source.json``).
+        cell_type / from_filename / from_category: how each image gets its cell type
+            (exactly one); ``type_map`` maps cell lines or category names to types.
+        skip_unmapped: drop images whose line / category has no type instead of failing.
+        keep_crowd: keep ``iscrowd: 1`` annotations (regions of many cells; dropped by default).
+        overwrite: replace the data root's files in a non-empty ``out``.
+        progress: called with (stage, number of images in the stage) after each image; the
+            stages are "check" (sizes, masks; nothing written yet) and "write".
+        command: the command line, recorded in ``source.json``.
+    """
+    images_dir, annotations, out = Path(images_dir), Path(annotations), Path(out)
+    modes = sum([cell_type is not None, bool(from_filename), bool(from_category)])
+    if modes != 1:
+        raise CocoError("choose exactly one of --cell-type T, --cell-type-from-filename, "
+                        "--cell-type-from-category")
+    if cell_type is not None and cell_type not in CELL_TYPES:
+        raise CocoError(f"--cell-type {cell_type!r}: expected one of {list(CELL_TYPES)}")
+    mapping = {**DEFAULT_LINE_MAP, **{k.upper(): v for k, v in (type_map or {}).items()}}
+    if not images_dir.is_dir():
+        raise CocoError(f"{images_dir}: images folder not found")
+    doc = load_coco(annotations)
+    cats = {_key(c.get("id")): str(c.get("name", "")) for c in doc["categories"]
+            if isinstance(c, dict)}
+
+    def lookup(name: str) -> str | None:
+        return mapping.get(name.upper()) or (name.lower() if name.lower() in CELL_TYPES
+                                             else None)
+
+    # Index images and annotations; every id check happens before anything is written.
+    entries: dict[str, dict[str, Any]] = {}
+    for entry in doc["images"]:
+        key = _key(entry["id"])
+        if key in entries:
+            raise CocoError(f"{annotations}: image id {entry['id']!r} appears twice")
+        entries[key] = entry
+    per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in entries}
+    seen_ann: set[str] = set()
+    n_crowd = 0
+    for ann in doc["annotations"]:
+        akey = _key(ann["id"])
+        if akey in seen_ann:
+            raise CocoError(f"{annotations}: annotation id {ann['id']!r} appears twice")
+        seen_ann.add(akey)
+        ikey = _key(ann["image_id"])
+        if ikey not in entries:
+            raise CocoError(f"{annotations}: annotation id {ann['id']!r} refers to unknown "
+                            f"image_id {ann['image_id']!r}")
+        if ann.get("iscrowd") and not keep_crowd:
+            n_crowd += 1
+            continue
+        per_image[ikey].append(ann)
+
+    by_rel, by_name = _index_images(images_dir)
+    plan: list[tuple[str, dict[str, Any], Path, str, str]] = []
+    taken: set[str] = set()
+    counts = {"images_in_json": len(entries), "annotations_in_json": len(doc["annotations"]),
+              "skipped_images_without_annotations": 0, "skipped_images_unmapped_type": 0,
+              "skipped_crowd_annotations": n_crowd}
+    unmapped: dict[str, int] = {}
+    for key, entry in entries.items():
+        where = f"image id {entry['id']!r} ({entry['file_name']})"
+        anns = per_image[key]
+        if not anns:
+            counts["skipped_images_without_annotations"] += 1
+            continue
+        if cell_type is not None:
+            kind: str | None = cell_type
+        elif from_filename:
+            line = cell_line(entry["file_name"])
+            kind = lookup(line)
+            if kind is None:
+                unmapped[line] = unmapped.get(line, 0) + 1
+        else:
+            names = {cats.get(_key(a.get("category_id")), "") for a in anns}
+            kinds = {lookup(n) for n in names}
+            if len(kinds) != 1:
+                raise CocoError(f"{where}: its annotations have categories {sorted(names)}, "
+                                f"which map to {len(kinds)} cell types; expected one per image")
+            kind = kinds.pop()
+            if kind is None:
+                name = names.pop()
+                unmapped[name] = unmapped.get(name, 0) + 1
+        if kind is None:
+            counts["skipped_images_unmapped_type"] += 1
+            continue
+        path = _find_image(entry["file_name"], by_rel, by_name, where)
+        image_id = safe_id(Path(path.name).stem)
+        if image_id in taken:
+            image_id = safe_id(f"{image_id}_{entry['id']}")
+            if image_id in taken:
+                raise CocoError(f"{where}: image id {image_id!r} is already taken")
+        taken.add(image_id)
+        plan.append((key, entry, path, image_id, kind))
+    if unmapped and not skip_unmapped:
+        what = "cell line(s)" if from_filename else "category name(s)"
+        listing = ", ".join(f"{k or '<empty>'} ({v} images)" for k, v in sorted(unmapped.items()))
+        raise CocoError(f"{annotations}: {what} with no known cell type: {listing}; the kit "
+                        f"knows {list(CELL_TYPES)}: map them with --map NAME=TYPE or drop them "
+                        f"with --skip-unmapped")
+    if not plan:
+        raise CocoError(f"{annotations}: no image left to convert (images "
+                        f"{len(entries)}, without annotations "
+                        f"{counts['skipped_images_without_annotations']}, unmapped "
+                        f"{counts['skipped_images_unmapped_type']})")
+
+    # Pass 1, nothing written yet: image sizes from the file headers, every mask decoded.
+    rows: list[tuple] = []
+    per_type: dict[str, dict[str, int]] = {}
+    to_write: list[tuple[dict[str, Any], Path, str]] = []
+    n_empty = n_rescaled = 0
+    for key, entry, path, image_id, kind in plan:
+        where = f"image id {entry['id']!r} ({entry['file_name']})"
+        height, width = int(entry["height"]), int(entry["width"])
+        file_h, file_w = image_size(path)
+        if (file_h, file_w) != (height, width):
+            raise CocoError(f"{where}: file {path} is {file_w}x{file_h} (width x height) but "
+                            f"the COCO entry says {width}x{height}")
+        extra = {c: entry.get(c, "") for c in _EXTRA_COLUMNS}
+        extra = {c: ("" if v is None else str(v)) for c, v in extra.items()}
+        if not extra["sample_id"]:
+            extra["sample_id"] = image_id
+        n_cells = 0
+        for ann in per_image[key]:
+            idx = segmentation_indices(ann["segmentation"], (height, width),
+                                       f"annotation id {ann['id']!r} (image id "
+                                       f"{entry['id']!r})")
+            if idx.size == 0:
+                n_empty += 1
+                continue
+            rows.append((image_id, indices_to_rle(idx), width, height, kind,
+                         *(extra[c] for c in _EXTRA_COLUMNS)))
+            n_cells += 1
+        if n_cells:
+            to_write.append((entry, path, image_id))
+            st = per_type.setdefault(kind, {"images": 0, "cells": 0})
+            st["images"] += 1
+            st["cells"] += n_cells
+        else:
+            counts["skipped_images_without_annotations"] += 1
+        if progress is not None:
+            progress("check", len(plan))
+    if not rows:
+        raise CocoError(f"{annotations}: every mask is empty; nothing to write")
+
+    # Pass 2: the images (8-bit PNG), then train.csv and source.json last.
+    prepare_root(out, overwrite, protect=(images_dir, annotations))
+    for entry, path, image_id in to_write:
+        image, rescaled = read_image_any(path)
+        n_rescaled += rescaled
+        if image.shape != (int(entry["height"]), int(entry["width"])):
+            raise CocoError(f"image id {entry['id']!r} ({entry['file_name']}): file {path} "
+                            f"decodes to {image.shape[1]}x{image.shape[0]} (width x height) "
+                            f"but the COCO entry says {entry['width']}x{entry['height']}")
+        write_png(out / "train" / f"{image_id}.png", image)
+        if progress is not None:
+            progress("write", len(to_write))
+    columns = ["id", "annotation", "width", "height", "cell_type", *_EXTRA_COLUMNS]
+    table = pd.DataFrame(rows, columns=columns)[list(TRAIN_COLUMNS)]
+    fileio.write_text(out / "train.csv", table.to_csv(index=False, lineterminator="\n"))
+    counts.update({"images_written": sum(v["images"] for v in per_type.values()),
+                   "cells_written": len(rows), "dropped_empty_masks": n_empty,
+                   "rescaled_to_uint8": int(n_rescaled)})
+    summary = ConvertSummary(out, counts, dict(sorted(per_type.items())))
+    mode = ("fixed" if cell_type is not None else "filename" if from_filename else "category")
+    source = {
+        "tool": "convert_coco",
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "command": list(command) if command is not None else None,
+        "images_dir": str(images_dir.resolve()),
+        "annotations": str(annotations.resolve()),
+        "annotations_sha256": _sha256(annotations),
+        "cell_type_mode": mode, "cell_type": cell_type,
+        "type_map": dict(sorted(mapping.items())) if mode != "fixed" else None,
+        "unmapped_skipped": dict(sorted(unmapped.items())),
+        "keep_crowd": bool(keep_crowd),
+        "counts": counts, "per_cell_type": summary.per_type,
+    }
+    fileio.write_text(out / SOURCE_FILE, json.dumps(source, indent=2) + "\n")
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Data root -> COCO
+# --------------------------------------------------------------------------------------------
+
+
+def root_to_coco(root: str | os.PathLike, *, compressed: bool = True,
+                 ids: Sequence[str] | None = None) -> dict[str, Any]:
+    """A competition data root -> a COCO dict (RLE segmentations, so the trip back is exact).
+
+    Images are ``<id>.png`` relative to ``root/train``; categories are the cell types; the
+    competition's other columns (``sample_id``, ``plate_time``, ...) ride on the image
+    entries and come back through :func:`convert_coco` with ``from_category=True``.
+    """
+    from cellseg.data.dataset import TrainData
+
+    data = TrainData(root)
+    wanted = list(data.ids) if ids is None else list(ids)
+    cat_id = {t: i + 1 for i, t in enumerate(CELL_TYPES)}
+    images, anns = [], []
+    table = data.table
+    for n, image_id in enumerate(wanted, start=1):
+        rows = table.iloc[data._check_id(image_id)]
+        height, width = data.shape(image_id)
+        first = rows.iloc[0]
+        entry = {"id": n, "file_name": f"{image_id}.png", "width": width, "height": height}
+        for c in _EXTRA_COLUMNS:
+            if c in rows.columns:
+                entry[c] = str(first[c])
+        images.append(entry)
+        kind = data.cell_type(image_id)
+        for text in rows["annotation"]:
+            idx = rle.decode_indices(text, (height, width), f"{data.csv_path.name}, id "
+                                                             f"{image_id}")
+            counts = indices_to_counts(idx, (height, width))
+            ys, xs = np.divmod(idx, width)
+            bbox = ([int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+                     int(ys.max() - ys.min() + 1)] if idx.size else [0, 0, 0, 0])
+            anns.append({
+                "id": len(anns) + 1, "image_id": n, "category_id": cat_id[kind],
+                "segmentation": {"size": [height, width],
+                                 "counts": encode_rle_string(counts) if compressed else counts},
+                "area": int(idx.size), "bbox": bbox, "iscrowd": 0,
+            })
+    return {
+        "info": {"description": f"converted from the data root {Path(root).name} by cellseg",
+                 "date_created": _dt.date.today().isoformat()},
+        "images": images, "annotations": anns,
+        "categories": [{"id": i, "name": t, "supercategory": "cell"} for t, i in cat_id.items()],
+    }
+
+
+def write_coco(doc: Mapping[str, Any], path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a COCO dict as json atomically; refuses to replace a file without ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CocoError(f"{path} exists; pass --overwrite to replace it")
+    fileio.write_text(path, json.dumps(doc, separators=(",", ":")) + "\n")
+    return path
+

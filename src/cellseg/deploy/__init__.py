@@ -1,0 +1,1 @@
+"""Stage 8, deployment: the offline Kaggle package and exports (SavedModel, ONNX) for other tools."""

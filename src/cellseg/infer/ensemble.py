@@ -1,0 +1,158 @@
+"""A trained experiment as one predictor: fold models x TTA -> maps -> cell type -> instances.
+
+Why one class: ``infer.py`` (competition test folder), ``segment.py`` (any images) and
+``pseudo_label.py`` (unlabelled images) all need the same steps with the same choices (which
+folds, heads, TTA, the whole-image cell-type classifiers, the tuned per-type post-processing).
+Loading them once here keeps those choices in one place and the commands thin.
+
+Usage::
+
+    ens = FoldEnsemble.load(cfg, exp_dir)             # folds/heads/TTA from cfg.infer
+    probs, type_probs = ens.predict([img1, img2])     # images of one shape, as read
+    kind = ens.cell_type(type_probs[0])               # override or argmax
+    labels = ens.decode(probs[0], kind)               # that type's tuned parameters
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellseg.config import Config
+from cellseg.constants import CELL_TYPES
+from cellseg.model.celltype import CellTypeClassifier, ensemble_proba
+
+
+@dataclass
+class FoldEnsemble:
+    """Loaded fold models of one experiment with how to run them (see module doc)."""
+
+    models: list[Any]
+    model_files: list[tuple[int, Path]]
+    classifiers: list[CellTypeClassifier]
+    params: dict[str, dict[str, Any]]
+    heads: str = "mean"
+    tta: list[str] = field(default_factory=lambda: ["identity"])
+    batch_size: int = 2
+    cell_type_override: str | None = None
+    model_load_s: float = 0.0
+
+    @property
+    def folds(self) -> list[int]:
+        return [k for k, _ in self.model_files]
+
+    @property
+    def cell_type_source(self) -> str:
+        if self.cell_type_override is not None:
+            return "override"
+        return "whole-image classifier" if self.classifiers else "network head"
+
+    @classmethod
+    def load(
+        cls,
+        cfg: Config,
+        exp_dir: str | os.PathLike,
+        folds: Sequence[int] | None = None,
+        heads: str | None = None,
+        tta: Sequence[str] | None = None,
+        cell_type: str | None = None,
+        warn_untuned: bool = True,
+    ) -> FoldEnsemble:
+        """Check the options and files cheaply, then load the models (TensorFlow).
+
+        Args:
+            cfg: resolved config (``cellseg.infer.test_set.resolve_config``); ``infer.*`` gives
+                the defaults of ``folds``, ``heads``, ``tta`` and the batch size.
+            exp_dir: ``output/<exp>`` with ``fold<K>/best.keras``.
+            folds: folds to ensemble; None = ``cfg.infer.folds`` or every trained fold.
+            heads: ``mean`` | ``last`` | ``prune=L``; None = ``cfg.infer.heads``.
+            tta: TTA variants; None = ``cfg.infer.tta``.
+            cell_type: force this type (and its parameters) for every image.
+            warn_untuned: warn when ``postprocess.yaml`` is missing.
+
+        Raises:
+            InferenceError: bad options, no model, a damaged model or classifier, models
+                without a cell-type head and no override.
+        """
+        from cellseg.infer.test_set import (
+            InferenceError,
+            check_heads,
+            find_fold_models,
+            load_classifiers,
+            load_models,
+        )
+        from cellseg.tune.tuned_params import check_tuned_on, load_params
+
+        heads = cfg.infer.heads if heads is None else heads
+        tta = list(cfg.infer.tta if tta is None else tta)
+        folds = list(cfg.infer.folds if folds is None else folds) or None
+        check_heads(heads)
+        if cell_type is not None and cell_type not in CELL_TYPES:
+            raise InferenceError(f"cell type {cell_type!r} unknown; expected one of {CELL_TYPES}")
+        model_files = find_fold_models(exp_dir, folds)
+        classifiers = load_classifiers(model_files)
+        params = load_params(exp_dir, cfg, warn=warn_untuned)
+
+        from cellseg.infer.maps import TTA_FLIP_AXES
+        from cellseg.model.network import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
+
+        bad = [t for t in tta if t not in TTA_FLIP_AXES]
+        if not tta or bad:
+            raise InferenceError(f"tta {tta}: each must be one of {list(TTA_FLIP_AXES)}")
+        check_tuned_on(exp_dir, heads, tta, list(model_files))
+        t0 = time.perf_counter()
+        models = load_models([p for _, p in model_files])
+        load_s = time.perf_counter() - t0
+        with_head = [m for m in models if CELL_TYPE_OUTPUT in output_names(m)]
+        if cell_type is None and not with_head and not classifiers:
+            raise InferenceError(
+                f"the models of {exp_dir} have no cell-type head (trained with "
+                f"model.cell_type_head: false), so the post-processing parameters cannot be "
+                f"chosen per image: pass --cell-type, one of {CELL_TYPES}"
+            )
+        if with_head:
+            n_types = int(with_head[0].get_layer(CELL_TYPE_OUTPUT).units)
+            if n_types != len(CELL_TYPES):
+                raise InferenceError(f"the cell-type head has {n_types} classes; expected "
+                                     f"{len(CELL_TYPES)} ({CELL_TYPES})")
+        return cls(models=models, model_files=list(model_files), classifiers=classifiers,
+                   params=params, heads=heads, tta=tta,
+                   batch_size=max(int(cfg.infer.batch_size), 1),
+                   cell_type_override=cell_type, model_load_s=load_s)
+
+    def predict(self, raw_images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Probability maps ``(N, H, W, C)`` float32 and cell-type probabilities ``(N, 3)``.
+
+        ``raw_images`` are H x W images of one shape as read (any numeric dtype); each is
+        standardised here. The type probabilities come from the whole-image classifiers when
+        the experiment has them, else from the network head (``(N, 0)`` without either).
+        """
+        from cellseg.infer.maps import normalize_image, predict_images
+
+        batch = np.stack([normalize_image(r) for r in raw_images])
+        probs, type_probs = predict_images(self.models, batch, heads=self.heads, tta=self.tta,
+                                           batch_size=self.batch_size)
+        if self.classifiers:
+            type_probs = ensemble_proba(self.classifiers, list(raw_images))
+        return probs, type_probs
+
+    def cell_type(self, type_probs: np.ndarray) -> str:
+        """The override, else the most probable type of one image's probabilities."""
+        if self.cell_type_override is not None:
+            return self.cell_type_override
+        return CELL_TYPES[int(np.argmax(type_probs))]
+
+    def decode(self, probs: np.ndarray, cell_type: str) -> np.ndarray:
+        """One image's instance labels (H x W int32) with ``cell_type``'s tuned parameters."""
+        from cellseg.postprocess.decode import decode_with_params
+
+        return decode_with_params(probs, self.params[cell_type])
+
+
+__all__ = ["FoldEnsemble"]

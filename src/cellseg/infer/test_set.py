@@ -1,0 +1,427 @@
+"""Test-set inference: fold ensemble x TTA -> cell type -> instances -> RLE -> submission.csv.
+
+One library function, :func:`run_inference`, does the whole job so that ``src/infer.py`` and
+the Kaggle kernel run the same code (the kernel only sets paths). Per test image:
+
+1. read the PNG (size from its header, checked against the decoded pixels) and normalise it;
+2. :func:`cellseg.infer.maps.predict_images` averages every fold model over the TTA variants
+   (the variants of an image go through a model in one batch);
+3. the cell type is the argmax of the folds' whole-image cell-type classifiers
+   (:mod:`cellseg.model.celltype`; the network's head for older experiments without one) or a user
+   override, and selects that type's tuned post-processing parameters (``postprocess.yaml``);
+   every image's type and probabilities go to ``<out stem>_cell_types.csv`` so users can
+   check them;
+4. :func:`cellseg.postprocess.decode.decode_with_params` gives a label image; every instance is
+   RLE-encoded and streamed to the submission file.
+
+Memory stays flat: an image's probability maps are dropped once its rows are written, and
+rows go straight to a temporary file that is validated and renamed into place at the end
+(:func:`cellseg.infer.submission.write_submission`), so a corrupt test image or Ctrl-C halfway never
+leaves a partial ``submission.csv``.
+
+TensorFlow is imported only once the cheap checks (arguments, test images, model files) have
+passed: a wrong path fails in a second, not after a TF start-up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellseg import fileio
+from cellseg.config import Config, ConfigError, load_config
+from cellseg.constants import CELL_TYPES
+from cellseg.data import rle
+from cellseg.data.dataset import DataError, read_image
+from cellseg.infer.submission import folder_image_shapes, image_rows, write_submission
+from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier, CellTypeClassifierError
+from cellseg.train import oof
+
+BEST_MODEL = "best.keras"  # the name training writes (cellseg.train.trainer.BEST_MODEL)
+RESULT_FILE = "result.json"
+SAVED_CONFIG = "config.yaml"
+TEST_DIRNAME = "test"
+
+# Stages reported in the timing summary, in pipeline order.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("read", "read + normalise image"),
+    ("model", "model ensemble + TTA"),
+    ("postprocess", "post-processing"),
+    ("encode", "RLE encoding"),
+    ("save", "saving maps / overlays"),
+    ("write", "validate + write csv"),
+)
+
+
+class InferenceError(ValueError):
+    """Inference cannot start or go on (no trained model, models without a cell-type head,
+    bad options); the message says what to run or pass instead."""
+
+
+# ------------------------------------------------------------------------------ experiment
+def _fold_of(path: Path) -> int | None:
+    suffix = path.name[4:] if path.name.startswith("fold") else ""
+    return int(suffix) if suffix.isdigit() else None
+
+
+def find_fold_models(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
+                     ) -> list[tuple[int, Path]]:
+    """The ``fold<K>/best.keras`` files of an experiment, sorted by fold.
+
+    Args:
+        exp_dir: ``output/<exp>``.
+        folds: the folds wanted; None or empty = every fold that has a ``best.keras``.
+
+    Returns:
+        ``[(fold, path), ...]``.
+
+    Raises:
+        InferenceError: no model at all, or a requested fold without one (the message names
+            the missing file and the training command that makes it).
+    """
+    exp_dir = Path(exp_dir)
+    if folds:
+        found, missing = [], []
+        for k in sorted(set(int(f) for f in folds)):
+            path = exp_dir / f"fold{k}" / BEST_MODEL
+            (found if path.is_file() else missing).append((k, path))
+        if missing:
+            k, path = missing[0]
+            raise InferenceError(
+                f"{path} not found: fold {k} has no trained model; train it with "
+                f"`python src/train.py --fold {k} --exp {exp_dir.name}` or leave it out of --folds"
+            )
+    else:
+        found = sorted(
+            (k, d / BEST_MODEL)
+            for d in exp_dir.glob("fold*")
+            if (k := _fold_of(d)) is not None and (d / BEST_MODEL).is_file()
+        )
+        if not found:
+            where = exp_dir if exp_dir.is_dir() else f"{exp_dir} (folder does not exist)"
+            raise InferenceError(
+                f"no trained model in {where}: expected fold<K>/{BEST_MODEL}; train one with "
+                f"`python src/train.py --fold K --exp {exp_dir.name}` (K = 0, 1, ...)"
+            )
+    for k, path in found:
+        if not (path.parent / RESULT_FILE).is_file():
+            warnings.warn(f"{path.parent}: no {RESULT_FILE}, so fold {k}'s training did not "
+                          f"finish; using its best model so far", stacklevel=2)
+    return found
+
+
+def saved_config_path(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
+                      ) -> Path | None:
+    """The resolved config saved by training: ``fold0/config.yaml`` if present, else that of
+    the first (requested) fold that has one; None when there is none."""
+    exp_dir = Path(exp_dir)
+    candidates = [exp_dir / "fold0" / SAVED_CONFIG]
+    if folds:
+        candidates = [exp_dir / f"fold{k}" / SAVED_CONFIG for k in sorted(folds)] + candidates
+    candidates += sorted(
+        (d / SAVED_CONFIG for d in exp_dir.glob("fold*") if _fold_of(d) is not None),
+        key=lambda p: _fold_of(p.parent),
+    )
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def resolve_config(
+    config_path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    exp: str | None = None,
+    config_explicit: bool = False,
+    folds: Sequence[int] | None = None,
+) -> tuple[Config, Path, Path | None]:
+    """The config an inference run uses, and the experiment folder it reads.
+
+    The one rule every command after training uses (``tune.py``, ``infer.py``, ``package.py``,
+    the kernel): the model, its default post-processing and the data root the folds were
+    trained on come from the experiment's saved ``fold<K>/config.yaml``; how to run this
+    command (``infer`` and ``tune`` sections: TTA, heads, batch size, trials) may come from
+    an explicit ``--config``.
+
+    Rules: ``config_path`` (+ ``overrides``, + ``exp`` as the name) locates the experiment
+    (``<output_dir>/<name>``). If it has a saved config, that is the base; an explicitly
+    given ``--config`` then replaces its ``infer`` and ``tune`` sections, never its ``data``
+    (a config file naming another data root must not silently move the experiment to other
+    data: pass ``--data-dir`` / ``--set data.root=...`` for that). ``overrides``
+    (``--set k=v``) apply last, to whichever base is used.
+
+    Returns:
+        ``(cfg, exp_dir, saved config path or None)``.
+
+    Raises:
+        ConfigError: unreadable config or bad override.
+    """
+    cli_cfg = load_config(config_path, list(overrides))
+    if exp:
+        cli_cfg = dataclasses.replace(cli_cfg, name=str(exp))
+    exp_dir = cli_cfg.experiment_dir()
+    saved = saved_config_path(exp_dir, folds)
+    if saved is None:
+        return cli_cfg, exp_dir, None
+    try:
+        saved_cfg = load_config(saved, list(overrides))
+    except ConfigError as exc:
+        raise ConfigError(f"saved experiment config: {exc}") from None
+    keep = {"name": cli_cfg.name, "output_dir": cli_cfg.output_dir}
+    if config_explicit:
+        keep.update(infer=cli_cfg.infer, tune=cli_cfg.tune)
+    return dataclasses.replace(saved_cfg, **keep), exp_dir, saved
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
+    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
+
+    Importing ``cellseg.model.network``, ``cellseg.model.losses`` and ``cellseg.train.schedules`` registers the
+    project's custom layers, losses and schedules. ``compile=False``: inference needs neither
+    the optimizer nor the losses, and skipping them is faster and avoids optimizer warnings.
+    """
+    import keras
+
+    from cellseg.model import losses
+    from cellseg.model import network as model
+    from cellseg.train import schedules  # noqa: F401  (registers custom objects)
+
+    out = []
+    for path in paths:
+        try:
+            out.append(keras.saving.load_model(path, compile=False))
+        except Exception as exc:  # Keras raises many types for a damaged file
+            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
+                                 f"{exc})") from None
+    return out
+
+
+# ------------------------------------------------------------------------------ helpers
+def check_heads(heads: str) -> None:
+    """Raise InferenceError unless ``heads`` is ``mean``, ``last`` or ``prune=L``."""
+    if heads in ("mean", "last"):
+        return
+    if heads.startswith("prune=") and heads[6:].isdigit() and int(heads[6:]) >= 1:
+        return
+    raise InferenceError(f"heads: expected 'mean', 'last' or 'prune=L' (L >= 1), got {heads!r}")
+
+
+def _chunks(ids: Sequence[str], shapes: dict[str, tuple[int, int]], size: int
+            ) -> Iterator[list[str]]:
+    """Consecutive ids of equal image size, at most ``size`` at a time (one model batch)."""
+    chunk: list[str] = []
+    for image_id in ids:
+        if chunk and (len(chunk) == size or shapes[image_id] != shapes[chunk[0]]):
+            yield chunk
+            chunk = []
+        chunk.append(image_id)
+    if chunk:
+        yield chunk
+
+
+def format_timing(summary: dict[str, Any]) -> str:
+    """The per-stage timing table of a :func:`run_inference` summary, as text."""
+    n = max(summary["n_images"], 1)
+    lines = [f"{'stage':<26}{'total s':>10}{'s / image':>12}"]
+    for key, label in STAGES:
+        total = summary["timing_s"].get(key, 0.0)
+        lines.append(f"{label:<26}{total:>10.2f}{total / n:>12.4f}")
+    lines.append(f"{'total (excl. model load)':<26}{summary['seconds_total']:>10.2f}"
+                 f"{summary['seconds_total'] / n:>12.4f}")
+    lines.append(f"{'model loading (once)':<26}{summary['model_load_s']:>10.2f}")
+    return "\n".join(lines)
+
+
+def cell_types_path(out_path: str | os.PathLike) -> Path:
+    """Where the per-image cell types go: ``submission.csv`` -> ``submission_cell_types.csv``."""
+    out_path = Path(out_path)
+    return out_path.with_name(f"{out_path.stem}_cell_types.csv")
+
+
+def load_classifiers(model_files: Sequence[tuple[int, Path]]) -> list[CellTypeClassifier]:
+    """The whole-image cell-type classifiers beside the fold models; empty when any fold
+    lacks one (an experiment trained before they existed falls back to the network head)."""
+    paths = [p.parent / CLASSIFIER_FILE for _, p in model_files]
+    if not all(p.is_file() for p in paths):
+        return []
+    try:
+        return [CellTypeClassifier.load(p) for p in paths]
+    except CellTypeClassifierError as exc:
+        raise InferenceError(str(exc)) from None
+
+
+# ------------------------------------------------------------------------------ the run
+def run_inference(
+    cfg: Config,
+    exp_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    folds: Sequence[int] | None = None,
+    cell_type: str | None = None,
+    save_probs_dir: str | os.PathLike | None = None,
+    save_overlays_dir: str | os.PathLike | None = None,
+    heads: str | None = None,
+    tta: Sequence[str] | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Predict every ``<data_dir>/test/*.png`` and write a validated submission.
+
+    Args:
+        cfg: resolved config (see :func:`resolve_config`); supplies ``infer.*`` defaults and
+            the default post-processing used when ``postprocess.yaml`` is missing.
+        exp_dir: experiment folder with ``fold<K>/best.keras`` (and maybe
+            ``postprocess.yaml``).
+        data_dir: data root; test images are ``<data_dir>/test/*.png``.
+        out_path: the submission CSV to write (atomically; never left half-written).
+        folds: folds to ensemble; None = ``cfg.infer.folds``, and if that is empty every fold
+            with a model.
+        cell_type: force this cell type for every image (its post-processing parameters);
+            required when the models have no cell-type head.
+        save_probs_dir: if set, write ``<id>.npz`` per image (``probs`` uint8 H x W x C =
+            probability * 255, ``cell_type_probs`` float32; the OOF format of
+            :mod:`cellseg.train.oof`).
+        save_overlays_dir: if set, write ``<id>.png`` overlays (image | outlines | instances).
+        heads: ``"mean"``, ``"last"`` or ``"prune=L"``; None = ``cfg.infer.heads``.
+        tta: TTA variants; None = ``cfg.infer.tta``.
+        progress: show a tqdm progress bar.
+        verbose: print the summary and timing table.
+
+    Returns:
+        Summary dict: ``out``, ``n_images``, ``n_masks``, ``n_empty_images``, ``folds``,
+        ``heads``, ``tta``, ``cell_type_counts``, ``image_cell_types`` (id -> type),
+        ``timing_s`` (stage -> total seconds), ``seconds_per_image`` (stage -> seconds),
+        ``seconds_total``, ``model_load_s``, ``postprocess_params``.
+
+    Raises:
+        DataError: test folder missing or empty, or a test image missing/corrupt (named).
+        InferenceError: no trained model, no cell-type head and no override, bad options.
+        SubmissionError: the produced rows are not a valid submission (nothing written).
+    """
+    out_path = Path(out_path)
+    if out_path.is_dir():
+        raise InferenceError(f"{out_path} is a folder; expected the submission file's path")
+
+    # Cheap checks first: test images (headers only); FoldEnsemble.load checks options and
+    # model files before it starts TensorFlow.
+    test_dir = Path(data_dir) / TEST_DIRNAME
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: test image folder not found (expected <data root>/"
+                        f"{TEST_DIRNAME}/*.png; set --data-dir)")
+    shapes = folder_image_shapes(test_dir)
+    ids = list(shapes)
+    for folder, what in ((save_probs_dir, "--save-probs"), (save_overlays_dir,
+                                                            "--save-overlays")):
+        if folder is not None:
+            fileio.require_folder(folder, what)
+    from cellseg.infer.ensemble import FoldEnsemble
+
+    ens = FoldEnsemble.load(cfg, exp_dir, folds=folds, heads=heads, tta=tta,
+                            cell_type=cell_type)
+    heads, tta, params = ens.heads, ens.tta, ens.params
+    save_overlay = None
+    if save_overlays_dir is not None:
+        from cellseg.evaluate.viz import save_overlay
+    probs_dir = Path(save_probs_dir) if save_probs_dir is not None else None
+    overlay_dir = Path(save_overlays_dir) if save_overlays_dir is not None else None
+
+    timing = dict.fromkeys((k for k, _ in STAGES), 0.0)
+    image_types: dict[str, str] = {}
+    type_rows: list[dict[str, Any]] = []
+
+    def rows() -> Iterator[tuple[str, str]]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ids), desc="inference", unit="img", disable=not progress)
+        try:
+            for chunk in _chunks(ids, shapes, ens.batch_size):
+                t = time.perf_counter()
+                raw = [read_image(test_dir / f"{i}.png", shapes[i]) for i in chunk]
+                timing["read"] += time.perf_counter() - t
+                t = time.perf_counter()
+                probs, type_probs = ens.predict(raw)
+                timing["model"] += time.perf_counter() - t
+                for k, image_id in enumerate(chunk):
+                    has_probs = type_probs.shape[-1] == len(CELL_TYPES)
+                    kind = ens.cell_type(type_probs[k])  # load() ensured one source
+                    image_types[image_id] = kind
+                    type_rows.append({"id": image_id, "cell_type": kind, **{
+                        f"prob_{t}": round(float(type_probs[k][j]), 4) if has_probs
+                        else float("nan") for j, t in enumerate(CELL_TYPES)}})
+                    t = time.perf_counter()
+                    labels = ens.decode(probs[k], kind)
+                    timing["postprocess"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    masks = rle.encode_labels(labels)
+                    timing["encode"] += time.perf_counter() - t
+                    t = time.perf_counter()
+                    if probs_dir is not None:
+                        fileio.save_npz(probs_dir / f"{image_id}.npz",
+                                        probs=oof.quantize(probs[k]),
+                                        cell_type_probs=np.asarray(type_probs[k], np.float32))
+                    if save_overlay is not None:
+                        save_overlay(overlay_dir / f"{image_id}.png", raw[k], None, labels)
+                    timing["save"] += time.perf_counter() - t
+                    yield from image_rows(image_id, masks)
+                    bar.update(1)
+        finally:
+            bar.close()
+
+    t_start = time.perf_counter()
+    written = write_submission(rows(), out_path, ids, shapes)
+    import pandas as pd
+
+    types_path = cell_types_path(out_path)
+    with fileio.atomic_path(types_path) as tmp:
+        pd.DataFrame(type_rows, columns=["id", "cell_type",
+                                         *(f"prob_{t}" for t in CELL_TYPES)]).to_csv(tmp,
+                                                                                     index=False)
+    total = time.perf_counter() - t_start
+    timing["write"] = max(total - sum(v for k, v in timing.items() if k != "write"), 0.0)
+    n = len(ids)
+    summary: dict[str, Any] = {
+        "out": str(out_path),
+        "cell_types_csv": str(types_path),
+        "cell_type_source": ens.cell_type_source,
+        "n_images": n,
+        "n_masks": written.n_masks,
+        "n_empty_images": written.n_empty_images,
+        "folds": ens.folds,
+        "heads": heads,
+        "tta": tta,
+        "cell_type_override": cell_type,
+        "cell_type_counts": dict(Counter(image_types.values())),
+        "image_cell_types": image_types,
+        "postprocess_params": params,
+        "timing_s": {k: round(v, 4) for k, v in timing.items()},
+        "seconds_per_image": {k: round(v / max(n, 1), 4) for k, v in timing.items()},
+        "seconds_total": round(total, 3),
+        "model_load_s": round(ens.model_load_s, 3),
+    }
+    if verbose:
+        print(f"wrote {out_path}: {n} test images, {written.n_masks} masks, "
+              f"{written.n_empty_images} image(s) without a cell; {len(ens.models)} fold model(s) "
+              f"{summary['folds']} x TTA {tta}, heads={heads}; cell types "
+              f"{summary['cell_type_counts']} ({summary['cell_type_source']}; per image in "
+              f"{types_path})")
+        print(format_timing(summary))
+    return summary
+
+
+__all__ = [
+    "InferenceError",
+    "cell_types_path",
+    "check_heads",
+    "load_classifiers",
+    "find_fold_models",
+    "format_timing",
+    "load_models",
+    "resolve_config",
+    "run_inference",
+    "saved_config_path",
+]

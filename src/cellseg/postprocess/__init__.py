@@ -1,0 +1,1 @@
+"""Stage 4, post-processing: probability maps -> one label per cell (deep decoding and the classical baseline)."""

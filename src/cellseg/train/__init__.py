@@ -1,0 +1,1 @@
+"""Stage 3, training one fold: augmented batches, the training loop and its callbacks, out-of-fold (OOF) maps for tuning."""
