@@ -262,9 +262,8 @@ def forward_ms(model_paths: dict[str, Path], repeats: int = 5) -> dict[str, floa
     import tensorflow as tf
     from bench_model import _forward_fn, interleaved
 
-    from cellseg.model import losses
-    from cellseg.model import network as model
-    from cellseg.train import schedules  # noqa: F401  (custom objects)
+    from cellseg.model import losses, network  # noqa: F401  (custom objects)
+    from cellseg.train import schedules  # noqa: F401
 
     tf.get_logger().setLevel("ERROR")
     x = tf.constant(np.random.default_rng(0).standard_normal((1, 528, 704, 1)).astype(

@@ -92,7 +92,9 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         config: str = "configs/demo.yaml", folds: list[int] | None = None,
         settings: list[tuple[str, list[str]]] | None = None) -> dict[str, Any]:
     """Time run_inference for each (heads, tta) setting; returns the results dict."""
-    from cellseg.infer import test_set as inference
+    from cellseg import experiment
+    from cellseg.infer import ensemble
+    from cellseg.infer.test_set import run_inference
     from cellseg.model.network import model_info
 
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
@@ -104,7 +106,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         # The experiment's own saved config (model, post-processing defaults, infer batch).
         from cellseg.config import load_config
 
-        saved = inference.saved_config_path(exp_dir, folds)
+        saved = experiment.saved_config_path(exp_dir, folds)
         cfg = load_config(saved if saved is not None else config)
         if data_dir is None:
             data_dir = Path(cfg.data.root)
@@ -113,7 +115,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         # Load each model file once; run_inference's later calls get the same objects, so
         # their compiled forward calls (and pruned views) are reused, as in one long run.
         cache: dict[str, Any] = {}
-        original = inference.load_models
+        original = ensemble.load_models
         load_s: dict[str, float] = {}
 
         def cached(paths):  # noqa: ANN001, ANN202 (same signature as load_models)
@@ -129,13 +131,13 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
                 out.append(cache[key])
             return out
 
-        inference.load_models = cached
+        ensemble.load_models = cached
         tuned = (exp_dir / "postprocess.yaml").is_file()
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*(no result\.json|postprocess\.yaml "
                                         r"not found).*")
-                models = cached([p for _, p in inference.find_fold_models(exp_dir, folds)])
+                models = cached([p for _, p in experiment.find_fold_models(exp_dir, folds)])
                 info = model_info(models[0])
                 prunable = info.nested and info.deep_supervision and info.depth >= 2
                 if settings is None:
@@ -149,9 +151,9 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
                         continue
                     kwargs = dict(folds=folds, heads=heads, tta=tta, progress=False,
                                   verbose=False)
-                    inference.run_inference(cfg, exp_dir, work / "warm", work / "warm.csv",
+                    run_inference(cfg, exp_dir, work / "warm", work / "warm.csv",
                                             **kwargs)
-                    s = inference.run_inference(cfg, exp_dir, root, work / "sub.csv", **kwargs)
+                    s = run_inference(cfg, exp_dir, root, work / "sub.csv", **kwargs)
                     n = s["n_images"]
                     rows.append({
                         "heads": heads, "tta": tta, "n_tta": len(tta), "images": n,
@@ -161,7 +163,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
                         "cell_types": s["cell_type_counts"],
                     })
         finally:
-            inference.load_models = original
+            ensemble.load_models = original
     base = next((r for r in rows if "skipped" not in r), None)
     for r in rows:
         if "skipped" not in r and base is not None:

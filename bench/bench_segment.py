@@ -60,9 +60,9 @@ def make_image(path: Path, megapixels: float, seed: int = 0) -> tuple[int, int]:
 
 def child(args: argparse.Namespace) -> int:
     """Run one segmentation in this process and print a JSON line with time and memory."""
+    from cellseg.experiment import resolve_config
     from cellseg.infer import segment_images as seg
     from cellseg.infer.ensemble import FoldEnsemble
-    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(None, [], exp=args.exp, folds=args.folds)
     ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, tta=["identity"])

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
             for o in args.overrides:
                 cmd += ["--set", o.replace("{fold}", str(k))]
             run(cmd, log)
-    from cellseg.infer.test_set import resolve_config
+    from cellseg.experiment import resolve_config
 
     cfg, exp_dir, _ = resolve_config(args.config, exp=args.exp, config_explicit=True)
     n_trials = args.n_trials or cfg.tune.n_trials

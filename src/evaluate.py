@@ -17,6 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cellseg.cli import USER_ERRORS, print_error  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -39,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --n-overlays must be >= 0, got {args.n_overlays}", file=sys.stderr)
         return 2
     from cellseg import fileio
-    from cellseg.data.dataset import DataError
     from cellseg.evaluate.submission_score import evaluate_submission
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
@@ -49,9 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         fileio.require_folder(out, "--out")
         result = evaluate_submission(submission, args.truth, out_dir=out,
                                      images_dir=args.images, n_overlays=args.n_overlays)
-    except (DataError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     print(result.markdown)
     print()
     print(result.error_markdown)

@@ -18,11 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list  # noqa: E402
+from cellseg.cli import DEFAULT_CONFIG, USER_ERRORS, int_list, print_error, resolve_experiment  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,29 +45,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config_path(arg: str | None) -> str | None:
-    if arg is not None:
-        return arg
-    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.config import ConfigError
-    from cellseg.infer.test_set import resolve_config
-
     try:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: exists and is not a folder")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
-        cfg, exp_dir, _ = resolve_config(_config_path(args.config), args.overrides,
-                                         exp=args.exp, config_explicit=args.config is not None,
-                                         folds=args.folds)
+        cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds, announce=False)
         from cellseg.deploy.export import export_experiment
         from cellseg.infer.ensemble import FoldEnsemble  # TensorFlow from here on
 
@@ -78,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         export_experiment(ens, cfg, exp_dir, out, onnx=not args.no_onnx,
                           overwrite=args.overwrite)
-    except (ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     print(f"wrote {out} (README.md there says how to use it)")
     return 0
 

@@ -20,11 +20,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list, name_list  # noqa: E402
+from cellseg.cli import (  # noqa: E402
+    DEFAULT_CONFIG,
+    USER_ERRORS,
+    int_list,
+    name_list,
+    plain_warnings,
+    print_error,
+    resolve_experiment,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,31 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _config_path(arg: str | None) -> str | None:
-    """The explicit --config, else configs/default.yaml (here or in the repository)."""
-    if arg is not None:
-        return arg
-    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import warnings
-
-    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
-    from cellseg.config import ConfigError
-    from cellseg.data.dataset import DataError
-    from cellseg.infer.test_set import resolve_config, run_inference
+    plain_warnings()
+    from cellseg.infer.test_set import run_inference
 
     try:
-        cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,
-                                             exp=args.exp, config_explicit=args.config
-                                             is not None, folds=args.folds)
-        if saved is not None:
-            print(f"experiment {exp_dir} (saved config {saved})", flush=True)
+        cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds)
         run_inference(
             cfg, exp_dir,
             data_dir=args.data_dir or cfg.data.root,
@@ -92,9 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             tta=args.tta,
             progress=not args.no_progress,
         )
-    except (ConfigError, DataError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     return 0
 
 

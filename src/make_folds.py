@@ -9,6 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cellseg.cli import USER_ERRORS, print_error  # noqa: E402
 from cellseg.constants import DEFAULT_DATA_DIR  # noqa: E402
 from cellseg.data.dataset import DataError, TrainData  # noqa: E402
 from cellseg.data.folds import FOLDS_FILENAME, make_folds, save_folds  # noqa: E402
@@ -36,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"{data.csv_path}: column 'sample_id' is needed to group folds")
         folds = make_folds(images, n_folds=args.n_folds, seed=args.seed)
         save_folds(folds, out)
-    except (DataError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     table = folds.pivot_table(index="fold", columns="cell_type", values="id", aggfunc="count",
                               fill_value=0)
     table["samples"] = folds.groupby("fold")["sample_id"].nunique()

@@ -21,12 +21,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list  # noqa: E402
+from cellseg.cli import (  # noqa: E402
+    DEFAULT_CONFIG,
+    REPO,
+    USER_ERRORS,
+    default_config_path,
+    int_list,
+    print_error,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,24 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _config_path(arg: str | None) -> str | None:
-    """The explicit --config, else configs/default.yaml (here or in the repository)."""
-    if arg is not None:
-        return arg
-    for candidate in (Path(DEFAULT_CONFIG), REPO / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.config import ConfigError, load_config
+    from cellseg.config import load_config
     from cellseg.deploy.kaggle import PackagingError, build_package, kernel_requirements
 
     caught: list[warnings.WarningMessage] = []
     try:
-        config_path = _config_path(args.config)
+        config_path = default_config_path(args.config)
         overrides = list(args.overrides) + ([f"name={args.exp}"] if args.exp else [])
         cfg = load_config(config_path, overrides)
         exp_dir = cfg.experiment_dir()
@@ -100,9 +95,8 @@ def main(argv: list[str] | None = None) -> int:
                 title=args.title, license_name=args.license, wheels=args.wheels,
                 requirements=requirements, wheel_python=args.wheel_python,
                 overwrite=args.overwrite)
-    except (ConfigError, PackagingError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     finally:
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)

@@ -24,10 +24,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list, name_list
+from cellseg.cli import (
+    DEFAULT_CONFIG,
+    USER_ERRORS,
+    int_list,
+    name_list,
+    print_error,
+    resolve_experiment,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -62,22 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config_path(arg: str | None) -> str | None:
-    if arg is not None:
-        return arg
-    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.config import ConfigError
-    from cellseg.data.coco import CocoError
-    from cellseg.data.dataset import DataError
-    from cellseg.infer.pseudo_labels import PseudoError, list_images, pseudo_label
-    from cellseg.infer.test_set import resolve_config
+    from cellseg.infer.pseudo_labels import PseudoLabelError, list_images, pseudo_label
 
     raw_argv = list(sys.argv if argv is None else ["src/pseudo_label.py", *argv])
     bars: list = []
@@ -85,14 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("min_confidence", "min_type_prob", "min_kept_fraction"):
             value = getattr(args, name)
             if not 0.0 <= value <= 1.0:
-                raise PseudoError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+                raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
         list_images(args.images)  # cheap: fail on a bad folder before TensorFlow starts
         if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-            raise PseudoError(f"output directory {args.out} is not empty; pass --overwrite to "
+            raise PseudoLabelError(f"output directory {args.out} is not empty; pass --overwrite to "
                               f"replace the data root there")
-        cfg, exp_dir, saved = resolve_config(_config_path(args.config), args.overrides,
-                                             exp=args.exp, config_explicit=args.config
-                                             is not None, folds=args.folds)
+        cfg, exp_dir, saved = resolve_experiment(args, folds=args.folds, announce=False)
         from cellseg.infer.ensemble import FoldEnsemble
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads, tta=args.tta,
@@ -114,12 +105,11 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite, progress=progress,
             provenance={"command": raw_argv, "exp": exp_dir.name,
                         "config": str(saved) if saved is not None else args.config})
-    except (PseudoError, CocoError, ConfigError, DataError, ValueError, OSError) as exc:
+    except USER_ERRORS as exc:
         for bar in bars:
             bar.close()
         bars.clear()
-        print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
-        return 2
+        return print_error(exc)
     finally:
         for bar in bars:
             bar.close()

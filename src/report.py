@@ -16,6 +16,9 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cellseg.cli import USER_ERRORS, print_error  # noqa: E402
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg import fileio
-    from cellseg.data.dataset import DataError, is_safe_id
+    from cellseg.data.dataset import is_safe_id
     from cellseg.evaluate.report import build_report
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
@@ -60,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
         report = build_report(args.exp, data_dir=args.data_dir, out_dir=args.out,
                               output_dir=args.output_dir, ablation=args.ablation,
                               eval_dir=args.eval_dir, n_samples=args.samples, seed=args.seed)
-    except (OSError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     print(f"wrote {report.path} ({len(report.files) - 1} images; sections: "
           f"{', '.join(report.sections)})")
     for note in report.skipped:

@@ -22,11 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list, name_list  # noqa: E402
+from cellseg.cli import (  # noqa: E402
+    DEFAULT_CONFIG,
+    USER_ERRORS,
+    int_list,
+    name_list,
+    print_error,
+    resolve_experiment,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,20 +82,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _config_path(arg: str | None) -> str | None:
-    if arg is not None:
-        return arg
-    for candidate in (Path(DEFAULT_CONFIG), Path(__file__).resolve().parents[1] / DEFAULT_CONFIG):
-        if candidate.is_file():
-            return str(candidate)
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from cellseg.config import ConfigError
     from cellseg.infer import segment_images as seg
-    from cellseg.infer.test_set import resolve_config
 
     try:
         if args.scale is not None and not args.scale > 0:
@@ -113,9 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             k, n = seg.parse_shard(args.shard)
             files = seg.shard(files, k, n)
             summary_name = f"segment_summary_shard{k}of{n}.csv"
-        cfg, exp_dir, _ = resolve_config(_config_path(args.config), args.overrides,
-                                         exp=args.exp, config_explicit=args.config is not None,
-                                         folds=args.folds)
+        cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds, announce=False)
         scale = args.scale if args.scale is not None else 1.0
         if args.cell_diameter is not None:
             ref = args.reference_diameter or seg.reference_diameter(cfg.data.root)
@@ -129,9 +122,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads,
                                 tta=args.tta, cell_type=args.cell_type)
-    except (seg.SegmentError, ConfigError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     print(f"{len(files)} image(s) -> {out}; experiment {exp_dir}: folds {ens.folds}, heads "
           f"{ens.heads}, TTA {ens.tta}, cell type: {ens.cell_type_source}; scale {scale:g}, "
           f"tile {args.tile or 'whole image'}", flush=True)

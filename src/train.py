@@ -16,6 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from cellseg.cli import USER_ERRORS, plain_warnings, print_error  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
@@ -45,12 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import warnings
-
-    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
-    from cellseg.config import ConfigError, load_config, validate
-    from cellseg.data.dataset import DataError
-    from cellseg.train import trainer as training
+    plain_warnings()
+    from cellseg.config import load_config, validate
+    from cellseg.experiment import LAST_MODEL
+    from cellseg.train import trainer
 
     overrides = list(args.overrides)
     if args.data_dir:
@@ -66,21 +66,20 @@ def main(argv: list[str] | None = None) -> int:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(
                 cfg.data, extra=[*cfg.data.extra, *args.extra_data]))
             validate(cfg)
-        training.require_data(cfg)
-        training.train_fold(cfg, args.fold, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, DataError, training.TrainingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        trainer.require_data(cfg)
+        trainer.train_fold(cfg, args.fold, resume=args.resume, overwrite=args.overwrite)
+    except USER_ERRORS as exc:
+        return print_error(exc)
     except KeyboardInterrupt:
         if cfg is None:
             print("\ninterrupted", file=sys.stderr)
             return 130
-        fold_dir = training.fold_dir_for(cfg, args.fold)
+        fold_dir = trainer.fold_dir_for(cfg, args.fold)
         again = " ".join(a for a in (sys.argv[1:] if argv is None else argv)
                          if a not in ("--overwrite", "--resume"))
-        if (fold_dir / training.LAST_MODEL).is_file():
+        if (fold_dir / LAST_MODEL).is_file():
             print(f"\ninterrupted: the last finished epoch is saved in "
-                  f"{fold_dir / training.LAST_MODEL}; continue with\n"
+                  f"{fold_dir / LAST_MODEL}; continue with\n"
                   f"  python src/train.py {again} --resume", file=sys.stderr)
         else:
             print(f"\ninterrupted before the first epoch finished; nothing to resume in "

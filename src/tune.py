@@ -35,11 +35,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import int_list, name_list  # noqa: E402
+from cellseg.cli import (  # noqa: E402
+    DEFAULT_CONFIG,
+    USER_ERRORS,
+    default_config_path,
+    int_list,
+    name_list,
+    plain_warnings,
+    print_error,
+    resolve_experiment,
+)
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-DEFAULT_CONFIG = "configs/default.yaml"
 
 
 def _positive_int(text: str) -> int:
@@ -97,27 +105,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def resolve_config(args: argparse.Namespace):
-    """The config to tune with, and a note saying where it came from.
-
-    The rule of :func:`cellseg.infer.test_set.resolve_config`: the experiment's saved config (data
-    root the folds were trained on, model, default post-processing) is the base; an explicit
-    ``--config`` supplies the ``tune`` and ``infer`` sections only; ``--data-dir`` and
-    ``--set`` override last.
-    """
-    from cellseg.infer.test_set import resolve_config as resolve_experiment
-
-    overrides = list(args.overrides)
+    """The config to tune with, and a note saying where it came from: the experiment's saved
+    config (data root the folds were trained on, model, default post-processing) is the base;
+    an explicit ``--config`` supplies the ``tune`` and ``infer`` sections only; ``--data-dir``
+    and ``--set`` override last (:func:`cellseg.experiment.resolve_config`)."""
+    overrides = []
     if args.data_dir:
         overrides.append(f"data.root={args.data_dir}")
     if args.n_jobs is not None:
         overrides.append(f"tune.n_jobs={args.n_jobs}")
     if args.n_trials is not None:
         overrides.append(f"tune.n_trials={args.n_trials}")
-    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
-    cfg, _, saved = resolve_experiment(path, overrides, exp=args.exp,
-                                       config_explicit=args.config is not None)
+    cfg, _, saved = resolve_experiment(args, overrides, announce=False)
     if saved is not None:
         return cfg, f"the experiment's config {saved}"
+    path = default_config_path(args.config)
     return cfg, f"config {path}" if path else "built-in defaults"
 
 
@@ -125,13 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import optuna
 
-    from cellseg.config import ConfigError
-    from cellseg.data.dataset import DataError
-    from cellseg.tune.study import TuningError, format_table, run_tuning
+    from cellseg.exceptions import ConfigError
+    from cellseg.tune.study import format_table, run_tuning
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"
+    plain_warnings()
     try:
         cfg, source = resolve_config(args)
         if args.n_jobs is not None and args.n_jobs < 1:
@@ -146,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             n_trials=n_trials, timeout=args.timeout, storage=args.storage,
             n_jobs=cfg.tune.n_jobs, worker_index=args.worker_index, show_progress_bar=True,
             plots=not args.no_plots, log=lambda m: print(m, flush=True))
-    except (ConfigError, DataError, TuningError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as exc:
+        return print_error(exc)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are saved in the study; run the same command "
               "again to continue", file=sys.stderr)

@@ -53,9 +53,8 @@ def _full_model(path: Path):
     """A checkpoint with its optimizer (compiled), as --resume loads it."""
     import keras
 
-    from cellseg.model import losses
-    from cellseg.model import network as model
-    from cellseg.train import schedules  # noqa: F401  (custom objects)
+    from cellseg.model import losses, network  # noqa: F401  (custom objects)
+    from cellseg.train import schedules  # noqa: F401
 
     return keras.saving.load_model(path)
 
@@ -240,7 +239,8 @@ def test_train_cli_init_from_and_extra_data(tmp_path):
     init = json.loads((fold_dir / "init_from.json").read_text())
     assert init["from"] == str(pre) and not init["not_loaded"]
     # The cell-type classifier learnt from the main root's training images only.
-    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier
+    from cellseg.experiment import CLASSIFIER_FILE
+    from cellseg.model.celltype import CellTypeClassifier
 
     folds = pd.read_csv(root / "folds.csv")
     n_main_train = int((folds["fold"] != 0).sum())

@@ -55,9 +55,9 @@ def test_export_reproduces_keras(exported):
 def test_exports_work_at_another_size(exported):
     """A size that is not a multiple of 2**depth: padding and crop are inside the graph."""
     from cellseg.deploy.export import run_onnx, run_saved_model, test_image
+    from cellseg.experiment import resolve_config
     from cellseg.infer.ensemble import FoldEnsemble
     from cellseg.infer.maps import predict_images
-    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(exported["config"])
     ens = FoldEnsemble.load(cfg, exp_dir, warn_untuned=False)

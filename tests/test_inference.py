@@ -16,13 +16,10 @@ from test_evaluate import make_disk_dataset
 from cellseg.config import Config, ModelConfig, load_config, save_config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import DataError
+from cellseg.exceptions import InferenceError
+from cellseg.experiment import find_fold_models, resolve_config
 from cellseg.infer.submission import validate
-from cellseg.infer.test_set import (
-    InferenceError,
-    find_fold_models,
-    resolve_config,
-    run_inference,
-)
+from cellseg.infer.test_set import run_inference
 from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,7 +259,8 @@ def test_whole_image_classifiers_choose_the_type(workspace, tmp_path):
     import shutil
 
     from cellseg.data.dataset import read_image
-    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
+    from cellseg.experiment import CLASSIFIER_FILE
+    from cellseg.model.celltype import CellTypeClassifier, image_features
 
     exp_src = workspace["out"] / "rand"
     out_root = tmp_path / "output"

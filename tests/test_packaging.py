@@ -25,8 +25,8 @@ from tiny_data import make_tiny_root
 from cellseg.config import ConfigError, load_config, save_config
 from cellseg.deploy import kaggle as packaging
 from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
+from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import read_submission, validate
-from cellseg.infer.test_set import InferenceError
 from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]

@@ -93,8 +93,8 @@ def exp(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="module")
 def ensemble(exp):
+    from cellseg.experiment import resolve_config
     from cellseg.infer.ensemble import FoldEnsemble
-    from cellseg.infer.test_set import resolve_config
 
     cfg, exp_dir, _ = resolve_config(exp["config"])
     return FoldEnsemble.load(cfg, exp_dir)

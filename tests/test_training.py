@@ -83,7 +83,8 @@ def test_training_writes_every_output(trained):
     for col in ("tp", "fn", "fp", "merges", "splits", "mean_iou", "pred_cell_type"):
         assert col in scores.columns, col
     assert (scores["tp"] + scores["fn"] == scores["n_true"]).all()
-    from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier
+    from cellseg.experiment import CLASSIFIER_FILE
+    from cellseg.model.celltype import CellTypeClassifier
 
     clf = CellTypeClassifier.load(fold_dir / CLASSIFIER_FILE)
     assert sum(clf.n_train.values()) == 9 - len(val_ids)
@@ -94,8 +95,8 @@ def test_saved_model_reloads_and_predicts_the_same(trained):
     """best.keras, reloaded, reproduces the OOF maps training wrote from its in-memory model
     (saving and loading lose nothing: weights, custom layers, heads)."""
     from cellseg.data.dataset import TrainData
+    from cellseg.infer.ensemble import load_models
     from cellseg.infer.maps import normalize_image, predict_images
-    from cellseg.infer.test_set import load_models
     from cellseg.train import oof
 
     tmp, root, _, _ = trained

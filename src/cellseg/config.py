@@ -19,6 +19,7 @@ import yaml
 
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, DEFAULT_DATA_DIR
+from cellseg.exceptions import ConfigError
 
 
 @dataclass
@@ -148,10 +149,6 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-class ConfigError(ValueError):
-    """A config file or override that does not match the schema."""
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -385,23 +382,19 @@ def validate(cfg: Config) -> None:
             f"augment.crop_size={cfg.augment.crop_size} must be a multiple of 2^{depth}"
             f"={2**depth} (the model has {depth} down-sampling steps)"
         )
-    heads = cfg.infer.heads
-    if heads not in ("mean", "last") and not heads.startswith("prune="):
-        raise ConfigError(f"infer.heads: expected 'mean', 'last' or 'prune=L', got {heads!r}")
-    if heads.startswith("prune="):
-        try:
-            level = int(heads.split("=", 1)[1])
-        except ValueError:
-            raise ConfigError(f"infer.heads: {heads!r}: L must be an integer") from None
-        if not 1 <= level <= depth:
-            raise ConfigError(f"infer.heads: {heads!r}: L must be in 1..{depth}")
+    from cellseg.model.readout import check_tta, parse_heads
+
+    try:
+        parse_heads(cfg.infer.heads, depth)
+    except ValueError as exc:
+        raise ConfigError(f"infer.{exc}") from None
     if cfg.train.distribute not in ("auto", "none", "mirrored", "multiworker"):
         raise ConfigError(f"train.distribute: expected auto/none/mirrored/multiworker, "
                           f"got {cfg.train.distribute!r}")
-    valid_tta = {"identity", "hflip", "vflip", "hvflip"}
-    bad = [t for t in cfg.infer.tta if t not in valid_tta]
-    if bad or not cfg.infer.tta:
-        raise ConfigError(f"infer.tta: {cfg.infer.tta}; each must be one of {sorted(valid_tta)}")
+    try:
+        check_tta(cfg.infer.tta)
+    except ValueError as exc:
+        raise ConfigError(f"infer.{exc}") from None
     if cfg.data.n_folds < 2:
         raise ConfigError(f"data.n_folds must be >= 2, got {cfg.data.n_folds}")
     p = cfg.postprocess

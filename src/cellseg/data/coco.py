@@ -51,11 +51,7 @@ from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
 from cellseg.data.dataset import ID_CHARS, MAX_ID_LENGTH, check_image_id
-
-
-class CocoError(ValueError):
-    """Bad COCO input; the message names the file, image id or annotation id at fault."""
-
+from cellseg.exceptions import CocoError
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.

@@ -16,20 +16,12 @@ from itertools import chain
 
 import numpy as np
 
-from cellseg.exceptions import DataError
+from cellseg.exceptions import RLEError
 
 _INT64_MAX = np.iinfo(np.int64).max
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 # One C-level scan of the whole string; numpy alone would accept "1_0" or non-ASCII digits.
 _RLE_CHARS = re.compile(r"[0-9+\-\s]*")
-
-
-class RLEError(DataError):
-    """A malformed run-length string; the message names the source (file, row, image id).
-
-    A :class:`~cellseg.exceptions.DataError`, so every CLI reports it as bad input (one
-    ``error:`` line, exit status 2) instead of a traceback.
-    """
 
 
 def _bad_token(tokens: Sequence[str]) -> tuple[str, str]:

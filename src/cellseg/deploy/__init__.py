@@ -1,1 +1,2 @@
-"""Stage 8, deployment: the offline Kaggle package and exports (SavedModel, ONNX) for other tools."""
+"""Stage 8, deployment: the offline Kaggle package and exports (SavedModel, ONNX) for other tools.
+"""

@@ -34,6 +34,8 @@ import numpy as np
 import yaml
 
 from cellseg import fileio
+from cellseg.exceptions import ExportError
+from cellseg.model.readout import parse_heads, seg_name, seg_names
 
 TOLERANCE = 1e-4
 SAVED_MODEL_DIR = "saved_model"
@@ -42,14 +44,10 @@ ONNX_OPSET = 17
 INPUT_NAME = "image"
 
 
-class ExportError(ValueError):
-    """The export cannot be written or does not reproduce the Keras maps."""
-
-
 def _runners(models: Sequence[Any], heads: str) -> tuple[list[Any], str]:
-    from cellseg.infer.maps import _parse_heads, pruned
+    from cellseg.infer.maps import pruned
 
-    mode, level = _parse_heads(heads)
+    mode, level = parse_heads(heads)
     if mode == "prune":
         return [pruned(m, int(level)) for m in models], mode
     return list(models), mode
@@ -74,10 +72,9 @@ def ensemble_fn(models: Sequence[Any], heads: str = "mean", multiple: int = 32):
         for r in runners:
             out = r(x, training=False)
             if not isinstance(out, dict):
-                out = ({"seg1": out} if not isinstance(out, (list, tuple))
+                out = ({seg_name(1): out} if not isinstance(out, (list, tuple))
                        else dict(zip(r.output_names, out)))
-            seg = sorted((k for k in out if k.startswith("seg") and k[3:].isdigit()),
-                         key=lambda k: int(k[3:]))
+            seg = seg_names(out)
             if mode == "mean" and len(seg) > 1:
                 probs.append(tf.add_n([tf.cast(out[k], tf.float32) for k in seg])
                              / float(len(seg)))

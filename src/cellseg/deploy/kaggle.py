@@ -42,17 +42,19 @@ from typing import Any
 
 from cellseg import __version__
 from cellseg.config import Config, ConfigError, load_config
-from cellseg.infer.test_set import (
+from cellseg.exceptions import PackagingError
+from cellseg.experiment import (
     BEST_MODEL,
+    CLASSIFIER_FILE,
+    POSTPROCESS_FILE,
     RESULT_FILE,
     SAVED_CONFIG,
     find_fold_models,
-    load_classifiers,
-    load_models,
+    fold_dir_name,
     resolve_config,
 )
-from cellseg.model.celltype import CLASSIFIER_FILE
-from cellseg.tune.tuned_params import POSTPROCESS_FILE, load_params
+from cellseg.infer.ensemble import load_classifiers, load_models
+from cellseg.tune.tuned_params import load_params
 
 CODE_DIR = "cellseg"
 CONFIGS_DIR = "configs"
@@ -95,11 +97,6 @@ WHEEL_PLATFORM = "manylinux_2_28_x86_64"
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]$")
 _IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
-
-
-class PackagingError(ValueError):
-    """A package cannot be built or used; the message names the file or option and what was
-    expected."""
 
 
 @dataclasses.dataclass
@@ -430,7 +427,7 @@ def build_package(
         config_names = _copy_configs(configs, tmp / CONFIGS_DIR)
         dest_exp = tmp / MODELS_DIR / exp
         for k, model_path in models:
-            fold_dest = dest_exp / f"fold{k}"
+            fold_dest = dest_exp / fold_dir_name(k)
             fold_dest.mkdir(parents=True)
             for name in (BEST_MODEL, SAVED_CONFIG, RESULT_FILE, CLASSIFIER_FILE):
                 if (model_path.parent / name).is_file():
@@ -567,7 +564,7 @@ def resolve_packaged_config(
     overrides: Sequence[str] = (),
     config: str | os.PathLike | None = None,
 ) -> tuple[Config, Path, Path | None]:
-    """:func:`cellseg.infer.test_set.resolve_config` for a package: the experiment folder is
+    """:func:`cellseg.experiment.resolve_config` for a package: the experiment folder is
     ``<package>/models/<exp>``, its saved training config is the base, exactly as
     ``src/infer.py`` does for ``output/<exp>``.
 

@@ -1,1 +1,3 @@
-"""Stage 7, evaluation: the competition metric, error analysis, submission scoring, figures and the experiment report."""
+"""Stage 7, evaluation: the competition metric, error analysis, submission scoring, figures and
+the experiment report.
+"""

@@ -201,8 +201,8 @@ def evaluate_submission(
     n_missing = len(set(rows_of) - set(pred_rows))
     header = (f"# Evaluation of {sub_name}\n\nTruth: {truth_csv} ({len(rows_of)} images"
               + (f"; {n_missing} without any prediction row, scored 0" if n_missing else "")
-              + f").\n\nScore = mean over images of the mean precision over IoU thresholds "
-              f"0.50-0.95.\n\n")
+              + ").\n\nScore = mean over images of the mean precision over IoU thresholds "
+              "0.50-0.95.\n\n")
     fileio.write_text(out_dir / SUMMARY_MD, header + markdown
                       + f"\n\nError analysis (misses, merges, splits, by size): "
                       f"{ERRORS_SUMMARY_MD}, per image {ERRORS_FILE}, IoU histogram "

@@ -26,7 +26,53 @@ import numpy as np
 
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
+from cellseg.exceptions import CellTypeClassifierError, InferenceError
+from cellseg.experiment import CLASSIFIER_FILE, find_fold_models
 from cellseg.model.celltype import CellTypeClassifier, ensemble_proba
+from cellseg.model.readout import check_tta, parse_heads
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
+    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
+
+    Importing :mod:`cellseg.model.network`, :mod:`cellseg.model.losses` and
+    :mod:`cellseg.train.schedules` registers the project's custom layers, losses and
+    schedules. ``compile=False``: inference needs neither the optimizer nor the losses, and
+    skipping them is faster and avoids optimizer warnings.
+    """
+    import keras
+
+    from cellseg.model import losses, network  # noqa: F401  (register custom objects)
+    from cellseg.train import schedules  # noqa: F401
+
+    out = []
+    for path in paths:
+        try:
+            out.append(keras.saving.load_model(path, compile=False))
+        except Exception as exc:  # Keras raises many types for a damaged file
+            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
+                                 f"{exc})") from None
+    return out
+
+
+def load_classifiers(model_files: Sequence[tuple[int, Path]]) -> list[CellTypeClassifier]:
+    """The whole-image cell-type classifiers beside the fold models; empty when any fold
+    lacks one (an experiment trained before they existed falls back to the network head)."""
+    paths = [p.parent / CLASSIFIER_FILE for _, p in model_files]
+    if not all(p.is_file() for p in paths):
+        return []
+    try:
+        return [CellTypeClassifier.load(p) for p in paths]
+    except CellTypeClassifierError as exc:
+        raise InferenceError(str(exc)) from None
+
+
+def check_heads(heads: str) -> None:
+    """Raise InferenceError unless ``heads`` is ``mean``, ``last`` or ``prune=L``."""
+    try:
+        parse_heads(heads)
+    except ValueError as exc:
+        raise InferenceError(str(exc)) from None
 
 
 @dataclass
@@ -67,7 +113,7 @@ class FoldEnsemble:
         """Check the options and files cheaply, then load the models (TensorFlow).
 
         Args:
-            cfg: resolved config (``cellseg.infer.test_set.resolve_config``); ``infer.*`` gives
+            cfg: resolved config (:func:`cellseg.experiment.resolve_config`); ``infer.*`` gives
                 the defaults of ``folds``, ``heads``, ``tta`` and the batch size.
             exp_dir: ``output/<exp>`` with ``fold<K>/best.keras``.
             folds: folds to ensemble; None = ``cfg.infer.folds`` or every trained fold.
@@ -80,13 +126,6 @@ class FoldEnsemble:
             InferenceError: bad options, no model, a damaged model or classifier, models
                 without a cell-type head and no override.
         """
-        from cellseg.infer.test_set import (
-            InferenceError,
-            check_heads,
-            find_fold_models,
-            load_classifiers,
-            load_models,
-        )
         from cellseg.tune.tuned_params import check_tuned_on, load_params
 
         heads = cfg.infer.heads if heads is None else heads
@@ -99,12 +138,13 @@ class FoldEnsemble:
         classifiers = load_classifiers(model_files)
         params = load_params(exp_dir, cfg, warn=warn_untuned)
 
-        from cellseg.infer.maps import TTA_FLIP_AXES
+        try:
+            tta = check_tta(tta)
+        except ValueError as exc:
+            raise InferenceError(str(exc)) from None
+
         from cellseg.model.network import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
 
-        bad = [t for t in tta if t not in TTA_FLIP_AXES]
-        if not tta or bad:
-            raise InferenceError(f"tta {tta}: each must be one of {list(TTA_FLIP_AXES)}")
         check_tuned_on(exp_dir, heads, tta, list(model_files))
         t0 = time.perf_counter()
         models = load_models([p for _, p in model_files])

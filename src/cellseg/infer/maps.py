@@ -24,13 +24,7 @@ import keras
 import numpy as np
 
 from cellseg.model.network import CELL_TYPE_OUTPUT, model_info, prune_model
-
-TTA_FLIP_AXES: dict[str, tuple[int, ...]] = {
-    "identity": (),
-    "hflip": (2,),  # width axis of (B, H, W, C)
-    "vflip": (1,),  # height axis
-    "hvflip": (1, 2),
-}
+from cellseg.model.readout import TTA_FLIP_AXES, check_tta, parse_heads, seg_name, seg_names
 
 # Pruned sub-models, built once per (model, level). Weak keys: a model that is dropped by
 # its owner frees its pruned views too; this is a memo, not state anyone depends on.
@@ -101,17 +95,6 @@ def _flip(x: np.ndarray, name: str) -> np.ndarray:
     return np.flip(x, axis=axes) if axes else x
 
 
-def _parse_heads(heads: str) -> tuple[str, int | None]:
-    if heads in ("mean", "last"):
-        return heads, None
-    if heads.startswith("prune="):
-        try:
-            return "prune", int(heads.split("=", 1)[1])
-        except ValueError:
-            pass
-    raise ValueError(f"heads: expected 'mean', 'last' or 'prune=L' (L an integer), got {heads!r}")
-
-
 def pruned(model: keras.Model, level: int) -> keras.Model:
     """:func:`cellseg.model.network.prune_model`, built once per model and level and then reused."""
     per_model = _PRUNED.setdefault(model, {})
@@ -158,13 +141,11 @@ def _run(model: keras.Model, x: np.ndarray) -> dict[str, np.ndarray]:
     if isinstance(out, (list, tuple)):
         names = list(model.output_names)
         return {k: np.asarray(v, dtype=np.float32) for k, v in zip(names, out, strict=True)}
-    return {"seg1": np.asarray(out, dtype=np.float32)}
+    return {seg_name(1): np.asarray(out, dtype=np.float32)}
 
 
 def _select_seg(out: dict[str, np.ndarray], mode: str, model_name: str) -> np.ndarray:
-    seg = sorted(
-        (k for k in out if k.startswith("seg") and k[3:].isdigit()), key=lambda k: int(k[3:])
-    )
+    seg = seg_names(out)
     if not seg:
         raise ValueError(f"model {model_name!r} has no seg{{j}} output (outputs: {list(out)})")
     if mode == "mean" and len(seg) > 1:
@@ -200,11 +181,8 @@ def predict_images(
     model_list = [models] if isinstance(models, keras.Model) else list(models)
     if not model_list:
         raise ValueError("predict_images: no models given")
-    mode, level = _parse_heads(heads)
-    tta = list(tta)
-    bad = [t for t in tta if t not in TTA_FLIP_AXES]
-    if not tta or bad:
-        raise ValueError(f"predict_images: tta {tta}; each must be one of {list(TTA_FLIP_AXES)}")
+    mode, level = parse_heads(heads)
+    tta = check_tta(tta)
     if batch_size < 1:
         raise ValueError(f"predict_images: batch_size must be >= 1, got {batch_size}")
     x = np.asarray(images, dtype=np.float32)
@@ -279,7 +257,6 @@ def predict_images(
 
 
 __all__ = [
-    "TTA_FLIP_AXES",
     "crop",
     "normalize_image",
     "pad_to_multiple",

@@ -55,15 +55,12 @@ from cellseg.data.coco import (
     safe_id,
     write_png,
 )
-from cellseg.tune.tuned_params import POSTPROCESS_FILE
+from cellseg.exceptions import PseudoLabelError
+from cellseg.experiment import POSTPROCESS_FILE
 
 IMAGES_FILE = "pseudo_images.csv"
 SOURCE_FILE = "source.json"
 PSEUDO_COLUMNS: tuple[str, ...] = (*TRAIN_COLUMNS, "confidence")
-
-
-class PseudoError(ValueError):
-    """Bad input for pseudo-labelling; the message names the file or option at fault."""
 
 
 @dataclass
@@ -159,12 +156,12 @@ def list_images(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     nothing usable gets ``img_<hash>``)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise PseudoError(f"{folder}: images folder not found")
+        raise PseudoLabelError(f"{folder}: images folder not found")
     files = sorted(p for p in folder.iterdir()
                    if p.is_file() and not p.name.startswith(".")
                    and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise PseudoError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
+        raise PseudoLabelError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     out, taken = [], set()
     for path in files:
         try:
@@ -223,7 +220,7 @@ def pseudo_label(
     for name, value in (("min_confidence", min_confidence), ("min_type_prob", min_type_prob),
                         ("min_kept_fraction", min_kept_fraction)):
         if not 0.0 <= float(value) <= 1.0:
-            raise PseudoError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
+            raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     images_dir, out, exp_dir = Path(images_dir), Path(out), Path(exp_dir)
     files = list_images(images_dir)
     shapes: dict[str, tuple[int, int]] = {}
@@ -231,7 +228,7 @@ def pseudo_label(
         try:
             shapes[image_id] = image_size(path)
         except CocoError as exc:
-            raise PseudoError(str(exc)) from None
+            raise PseudoLabelError(str(exc)) from None
     thresholds = type_thresholds(ens.params, min_confidence)
     forced = getattr(ens, "cell_type_override", None)
     prepare_root(out, overwrite, protect=(images_dir,))
@@ -255,7 +252,7 @@ def pseudo_label(
                 try:
                     image, rescaled = read_image_any(path)
                 except CocoError as exc:
-                    raise PseudoError(str(exc)) from None
+                    raise PseudoLabelError(str(exc)) from None
                 counts["rescaled_to_uint8"] += int(rescaled)
                 images.append(image)
             probs, type_probs = ens.predict(images)

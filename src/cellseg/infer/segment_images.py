@@ -60,6 +60,7 @@ import numpy as np
 
 from cellseg import fileio
 from cellseg.constants import IMAGE_HEIGHT, IMAGE_WIDTH
+from cellseg.exceptions import ImageReadError, SegmentError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: Default tile side (px at model scale): above the 704 x 520 training images, so each tile
@@ -75,14 +76,6 @@ TYPE_WINDOW: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
 OVERLAY_MAX_SIDE = 2048
 UINT16_MAX_CELLS = 65535
 _ROW_BLOCK = 1024  # rows per block when summing image statistics
-
-
-class SegmentError(ValueError):
-    """Bad options or inputs for the whole run (the CLI prints one ``error:`` line, exit 2)."""
-
-
-class ImageReadError(ValueError):
-    """One input file cannot be read as an image (its name is in the message)."""
 
 
 # --------------------------------------------------------------------------------- inputs

@@ -31,15 +31,11 @@ from cellseg import fileio
 from cellseg.constants import SUBMISSION_COLUMNS
 from cellseg.data import rle
 from cellseg.data.dataset import DataError, list_images
+from cellseg.exceptions import SubmissionError
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # A limit for RLE parsing when the image size is unknown (ids given without shapes).
 _UNBOUNDED = np.iinfo(np.int64).max // 4
-
-
-class SubmissionError(ValueError):
-    """A submission that the competition's checker would reject; the message names the
-    line / image id and the problem."""
 
 
 @dataclass

@@ -25,10 +25,8 @@ passed: a wrong path fails in a second, not after a TF start-up.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -37,17 +35,14 @@ from typing import Any
 import numpy as np
 
 from cellseg import fileio
-from cellseg.config import Config, ConfigError, load_config
+from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data import rle
 from cellseg.data.dataset import DataError, read_image
+from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import folder_image_shapes, image_rows, write_submission
-from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier, CellTypeClassifierError
 from cellseg.train import oof
 
-BEST_MODEL = "best.keras"  # the name training writes (cellseg.train.trainer.BEST_MODEL)
-RESULT_FILE = "result.json"
-SAVED_CONFIG = "config.yaml"
 TEST_DIRNAME = "test"
 
 # Stages reported in the timing summary, in pipeline order.
@@ -61,156 +56,7 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 
 
-class InferenceError(ValueError):
-    """Inference cannot start or go on (no trained model, models without a cell-type head,
-    bad options); the message says what to run or pass instead."""
-
-
-# ------------------------------------------------------------------------------ experiment
-def _fold_of(path: Path) -> int | None:
-    suffix = path.name[4:] if path.name.startswith("fold") else ""
-    return int(suffix) if suffix.isdigit() else None
-
-
-def find_fold_models(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
-                     ) -> list[tuple[int, Path]]:
-    """The ``fold<K>/best.keras`` files of an experiment, sorted by fold.
-
-    Args:
-        exp_dir: ``output/<exp>``.
-        folds: the folds wanted; None or empty = every fold that has a ``best.keras``.
-
-    Returns:
-        ``[(fold, path), ...]``.
-
-    Raises:
-        InferenceError: no model at all, or a requested fold without one (the message names
-            the missing file and the training command that makes it).
-    """
-    exp_dir = Path(exp_dir)
-    if folds:
-        found, missing = [], []
-        for k in sorted(set(int(f) for f in folds)):
-            path = exp_dir / f"fold{k}" / BEST_MODEL
-            (found if path.is_file() else missing).append((k, path))
-        if missing:
-            k, path = missing[0]
-            raise InferenceError(
-                f"{path} not found: fold {k} has no trained model; train it with "
-                f"`python src/train.py --fold {k} --exp {exp_dir.name}` or leave it out of --folds"
-            )
-    else:
-        found = sorted(
-            (k, d / BEST_MODEL)
-            for d in exp_dir.glob("fold*")
-            if (k := _fold_of(d)) is not None and (d / BEST_MODEL).is_file()
-        )
-        if not found:
-            where = exp_dir if exp_dir.is_dir() else f"{exp_dir} (folder does not exist)"
-            raise InferenceError(
-                f"no trained model in {where}: expected fold<K>/{BEST_MODEL}; train one with "
-                f"`python src/train.py --fold K --exp {exp_dir.name}` (K = 0, 1, ...)"
-            )
-    for k, path in found:
-        if not (path.parent / RESULT_FILE).is_file():
-            warnings.warn(f"{path.parent}: no {RESULT_FILE}, so fold {k}'s training did not "
-                          f"finish; using its best model so far", stacklevel=2)
-    return found
-
-
-def saved_config_path(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
-                      ) -> Path | None:
-    """The resolved config saved by training: ``fold0/config.yaml`` if present, else that of
-    the first (requested) fold that has one; None when there is none."""
-    exp_dir = Path(exp_dir)
-    candidates = [exp_dir / "fold0" / SAVED_CONFIG]
-    if folds:
-        candidates = [exp_dir / f"fold{k}" / SAVED_CONFIG for k in sorted(folds)] + candidates
-    candidates += sorted(
-        (d / SAVED_CONFIG for d in exp_dir.glob("fold*") if _fold_of(d) is not None),
-        key=lambda p: _fold_of(p.parent),
-    )
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def resolve_config(
-    config_path: str | os.PathLike | None,
-    overrides: Sequence[str] = (),
-    exp: str | None = None,
-    config_explicit: bool = False,
-    folds: Sequence[int] | None = None,
-) -> tuple[Config, Path, Path | None]:
-    """The config an inference run uses, and the experiment folder it reads.
-
-    The one rule every command after training uses (``tune.py``, ``infer.py``, ``package.py``,
-    the kernel): the model, its default post-processing and the data root the folds were
-    trained on come from the experiment's saved ``fold<K>/config.yaml``; how to run this
-    command (``infer`` and ``tune`` sections: TTA, heads, batch size, trials) may come from
-    an explicit ``--config``.
-
-    Rules: ``config_path`` (+ ``overrides``, + ``exp`` as the name) locates the experiment
-    (``<output_dir>/<name>``). If it has a saved config, that is the base; an explicitly
-    given ``--config`` then replaces its ``infer`` and ``tune`` sections, never its ``data``
-    (a config file naming another data root must not silently move the experiment to other
-    data: pass ``--data-dir`` / ``--set data.root=...`` for that). ``overrides``
-    (``--set k=v``) apply last, to whichever base is used.
-
-    Returns:
-        ``(cfg, exp_dir, saved config path or None)``.
-
-    Raises:
-        ConfigError: unreadable config or bad override.
-    """
-    cli_cfg = load_config(config_path, list(overrides))
-    if exp:
-        cli_cfg = dataclasses.replace(cli_cfg, name=str(exp))
-    exp_dir = cli_cfg.experiment_dir()
-    saved = saved_config_path(exp_dir, folds)
-    if saved is None:
-        return cli_cfg, exp_dir, None
-    try:
-        saved_cfg = load_config(saved, list(overrides))
-    except ConfigError as exc:
-        raise ConfigError(f"saved experiment config: {exc}") from None
-    keep = {"name": cli_cfg.name, "output_dir": cli_cfg.output_dir}
-    if config_explicit:
-        keep.update(infer=cli_cfg.infer, tune=cli_cfg.tune)
-    return dataclasses.replace(saved_cfg, **keep), exp_dir, saved
-
-
-def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
-    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
-
-    Importing ``cellseg.model.network``, ``cellseg.model.losses`` and ``cellseg.train.schedules`` registers the
-    project's custom layers, losses and schedules. ``compile=False``: inference needs neither
-    the optimizer nor the losses, and skipping them is faster and avoids optimizer warnings.
-    """
-    import keras
-
-    from cellseg.model import losses
-    from cellseg.model import network as model
-    from cellseg.train import schedules  # noqa: F401  (registers custom objects)
-
-    out = []
-    for path in paths:
-        try:
-            out.append(keras.saving.load_model(path, compile=False))
-        except Exception as exc:  # Keras raises many types for a damaged file
-            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
-                                 f"{exc})") from None
-    return out
-
-
 # ------------------------------------------------------------------------------ helpers
-def check_heads(heads: str) -> None:
-    """Raise InferenceError unless ``heads`` is ``mean``, ``last`` or ``prune=L``."""
-    if heads in ("mean", "last"):
-        return
-    if heads.startswith("prune=") and heads[6:].isdigit() and int(heads[6:]) >= 1:
-        return
-    raise InferenceError(f"heads: expected 'mean', 'last' or 'prune=L' (L >= 1), got {heads!r}")
-
-
 def _chunks(ids: Sequence[str], shapes: dict[str, tuple[int, int]], size: int
             ) -> Iterator[list[str]]:
     """Consecutive ids of equal image size, at most ``size`` at a time (one model batch)."""
@@ -241,18 +87,6 @@ def cell_types_path(out_path: str | os.PathLike) -> Path:
     """Where the per-image cell types go: ``submission.csv`` -> ``submission_cell_types.csv``."""
     out_path = Path(out_path)
     return out_path.with_name(f"{out_path.stem}_cell_types.csv")
-
-
-def load_classifiers(model_files: Sequence[tuple[int, Path]]) -> list[CellTypeClassifier]:
-    """The whole-image cell-type classifiers beside the fold models; empty when any fold
-    lacks one (an experiment trained before they existed falls back to the network head)."""
-    paths = [p.parent / CLASSIFIER_FILE for _, p in model_files]
-    if not all(p.is_file() for p in paths):
-        return []
-    try:
-        return [CellTypeClassifier.load(p) for p in paths]
-    except CellTypeClassifierError as exc:
-        raise InferenceError(str(exc)) from None
 
 
 # ------------------------------------------------------------------------------ the run
@@ -416,12 +250,6 @@ def run_inference(
 __all__ = [
     "InferenceError",
     "cell_types_path",
-    "check_heads",
-    "load_classifiers",
-    "find_fold_models",
     "format_timing",
-    "load_models",
-    "resolve_config",
     "run_inference",
-    "saved_config_path",
 ]

@@ -30,16 +30,12 @@ import numpy as np
 
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES
+from cellseg.exceptions import CellTypeClassifierError
 
-CLASSIFIER_FILE = "cell_type_classifier.json"
 FEATURES_VERSION = 1
 _SCALES = (1, 2, 4, 8, 16)
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 _SPECTRUM_EDGES = np.geomspace(0.005, 0.5, 9)
-
-
-class CellTypeClassifierError(ValueError):
-    """A classifier file that cannot be used (missing keys, other feature version, ...)."""
 
 
 def image_features(image: np.ndarray) -> np.ndarray:
@@ -195,7 +191,6 @@ def ensemble_proba(classifiers: Sequence[CellTypeClassifier],
 
 
 __all__ = [
-    "CLASSIFIER_FILE",
     "CellTypeClassifier",
     "CellTypeClassifierError",
     "ensemble_proba",

@@ -24,6 +24,7 @@ import keras
 from keras import ops
 
 from cellseg.model.network import CELL_TYPE_OUTPUT, model_info, output_names
+from cellseg.model.readout import seg_names
 
 
 class LossWeights(Protocol):
@@ -213,10 +214,10 @@ def _names_and_targets(
 
 
 def _seg_names(names: list[str]) -> list[str]:
-    seg = [n for n in names if n.startswith("seg") and n[3:].isdigit()]
+    seg = seg_names(names)
     if not seg:
         raise ValueError(f"no seg{{j}} outputs among {names}")
-    return sorted(seg, key=lambda n: int(n[3:]))
+    return seg
 
 
 def channel_weights(weights: LossWeights, n_targets: int) -> list[float]:

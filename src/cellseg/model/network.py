@@ -42,10 +42,10 @@ from keras import layers, ops
 
 from cellseg.config import ModelConfig
 from cellseg.constants import CELL_TYPES
+from cellseg.model.readout import seg_level, seg_name, seg_names
 
 INPUT_NAME = "image"
 CELL_TYPE_OUTPUT = "cell_type"
-_SEG_RE = re.compile(r"^seg(\d+)$")
 _NODE_RE = re.compile(r"^X(\d+)_(\d+)_conv1$")
 
 
@@ -236,7 +236,7 @@ def build_model(
             logits = layers.UpSampling2D(
                 2**i, interpolation="bilinear", name=f"seg{j}_upsample"
             )(logits)
-        outputs[f"seg{j}"] = layers.Activation("sigmoid", dtype="float32", name=f"seg{j}")(
+        outputs[seg_name(j)] = layers.Activation("sigmoid", dtype="float32", name=seg_name(j))(
             logits
         )
 
@@ -289,8 +289,7 @@ def output_names(model: keras.Model) -> list[str]:
 
 def seg_output_names(model: keras.Model) -> list[str]:
     """The ``seg{j}`` outputs, sorted by ``j`` (shallowest first, deepest last)."""
-    names = [n for n in output_names(model) if _SEG_RE.match(n)]
-    return sorted(names, key=lambda n: int(_SEG_RE.match(n).group(1)))
+    return seg_names(output_names(model))
 
 
 def _node_layers(model: keras.Model) -> dict[tuple[int, int], layers.Layer]:
@@ -323,7 +322,7 @@ def model_info(model: keras.Model) -> ModelInfo:
     seg = seg_output_names(model)
     if not seg:
         raise ValueError(f"model {model.name!r} has no seg{{j}} outputs (outputs: {names})")
-    levels = [int(_SEG_RE.match(n).group(1)) for n in seg]
+    levels = [seg_level(n) for n in seg]
     n_targets = int(model.get_layer(f"{seg[-1]}_logits").filters)
     cell_type = CELL_TYPE_OUTPUT in names
     n_cell_types = int(model.get_layer(CELL_TYPE_OUTPUT).units) if cell_type else 0
@@ -374,7 +373,7 @@ def prune_model(model: keras.Model, level: int) -> keras.Model:
             f"prune_model: model {model.name!r} is a plain U-Net (nested=False); only UNet++ "
             "can be pruned, because only its X^{0,j} heads are independent sub-networks"
         )
-    expected = [f"seg{j}" for j in range(1, info.depth + 1)]
+    expected = [seg_name(j) for j in range(1, info.depth + 1)]
     if info.seg_outputs != expected:
         raise ValueError(
             f"prune_model: model {model.name!r} is not deep-supervised (outputs "
@@ -382,7 +381,7 @@ def prune_model(model: keras.Model, level: int) -> keras.Model:
         )
     if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= info.depth:
         raise ValueError(f"prune_model: level must be an integer in 1..{info.depth}, got {level!r}")
-    outputs = {f"seg{level}": model.get_layer(f"seg{level}").output}
+    outputs = {seg_name(level): model.get_layer(seg_name(level)).output}
     if info.cell_type_head:
         outputs[CELL_TYPE_OUTPUT] = model.get_layer(CELL_TYPE_OUTPUT).output
     return keras.Model(inputs=model.input, outputs=outputs, name=f"{model.name}_L{level}")

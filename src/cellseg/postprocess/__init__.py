@@ -1,1 +1,3 @@
-"""Stage 4, post-processing: probability maps -> one label per cell (deep decoding and the classical baseline)."""
+"""Stage 4, post-processing: probability maps -> one label per cell (deep decoding and the
+classical baseline).
+"""

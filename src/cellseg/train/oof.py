@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cellseg import fileio
-
-OOF_DIRNAME = "oof"
+from cellseg.experiment import OOF_DIRNAME, fold_dirs
 
 
 def quantize(probs: np.ndarray) -> np.ndarray:
@@ -50,14 +49,6 @@ def load_oof(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 def iter_oof_files(exp_dir: str | os.PathLike, folds: list[int] | None = None
                    ) -> Iterator[tuple[int, str, Path]]:
     """Yield (fold, image id, path) of every OOF file of an experiment."""
-    exp_dir = Path(exp_dir)
-    fold_dirs = sorted(exp_dir.glob("fold*"))
-    for fold_dir in fold_dirs:
-        suffix = fold_dir.name[4:]
-        if not suffix.isdigit():
-            continue
-        fold = int(suffix)
-        if folds is not None and fold not in folds:
-            continue
+    for fold, fold_dir in fold_dirs(exp_dir, folds):
         for path in sorted((fold_dir / OOF_DIRNAME).glob("*.npz")):
             yield fold, path.stem, path

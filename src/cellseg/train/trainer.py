@@ -33,7 +33,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from cellseg import fileio
+from cellseg import experiment, fileio
 from cellseg.config import Config, save_config
 from cellseg.constants import CELL_TYPE_INDEX, CELL_TYPES
 from cellseg.data.dataset import DataError, TrainData
@@ -41,24 +41,29 @@ from cellseg.data.folds import FOLDS_FILENAME, load_folds
 from cellseg.evaluate.error_analysis import error_counts
 from cellseg.evaluate.metric import match
 from cellseg.evaluate.viz import plot_curves
+from cellseg.exceptions import TrainingError
+from cellseg.experiment import (
+    BEST_MODEL,
+    CLASSIFIER_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    INIT_FILE,
+    LAST_MODEL,
+    OOF_SCORES_FILE,
+    REPLACED_SUFFIX,
+    RESULT_FILE,
+    SAVED_CONFIG,
+    STATE_FILE,
+    fold_of,
+)
 from cellseg.infer.maps import normalize_image, predict_images
-from cellseg.model.celltype import CLASSIFIER_FILE, CellTypeClassifier, image_features
+from cellseg.model.celltype import CellTypeClassifier, image_features
 from cellseg.model.losses import compile_kwargs
 from cellseg.model.network import build_model, output_names
 from cellseg.postprocess.decode import decode_with_params
 from cellseg.train import oof
 from cellseg.train.batches import Sample, TrainBatches, load_samples
 from cellseg.train.schedules import WarmupCosine
-
-BEST_MODEL = "best.keras"
-LAST_MODEL = "last.keras"
-STATE_FILE = "state.json"
-RESULT_FILE = "result.json"
-INIT_FILE = "init_from.json"  # which layers train.init_from loaded
-
-
-class TrainingError(RuntimeError):
-    """A fold cannot be trained as asked (existing run, missing folds, ...)."""
 
 
 # --------------------------------------------------------------------------- distribution
@@ -235,7 +240,7 @@ class FoldMonitor(keras.callbacks.Callback):
         self.state.update(epoch=epoch + 1, elapsed_s=time.time() - self.t0)
         self._save(self._out(LAST_MODEL))
         history = pd.DataFrame(self.history)
-        with fileio.atomic_path(self._out("history.csv")) as tmp:
+        with fileio.atomic_path(self._out(HISTORY_FILE)) as tmp:
             history.to_csv(tmp, index=False)
         fileio.write_text(self._out(STATE_FILE), json.dumps(self.state, indent=2))
         budget_stop = self._over_budget() and not self.model.stop_training
@@ -243,7 +248,7 @@ class FoldMonitor(keras.callbacks.Callback):
             # The PNG costs ~0.3 s of matplotlib (1-2 % of a CPU epoch; bench/bench_epoch.py)
             # and between scores it only gains training points: draw it when a validation
             # score is added and when training ends (history.csv has every epoch).
-            plot_curves(history, self._out("curves.png"), title=f"{self.cfg.name} fold")
+            plot_curves(history, self._out(CURVES_FILE), title=f"{self.cfg.name} fold")
         summary = " ".join(f"{k}={row[k]:.4f}" for k in
                            ("loss", "val_loss", "val_body_iou", "val_cell_type_acc",
                             "val_score") if k in row)
@@ -342,10 +347,8 @@ def local_copy(model: keras.Model, strategy) -> keras.Model:
 
 
 def fold_dir_for(cfg: Config, fold: int) -> Path:
-    return cfg.experiment_dir() / f"fold{fold}"
-
-
-REPLACED_SUFFIX = ".replaced"  # fold<K>.replaced: the run an --overwrite is replacing
+    """``<output_dir>/<name>/fold<K>``."""
+    return experiment.fold_dir(cfg.experiment_dir(), fold)
 
 
 def _check_fold_dir(fold_dir: Path, resume: bool, overwrite: bool) -> None:
@@ -417,7 +420,7 @@ def config_changes(saved: dict[str, Any], cfg: Config) -> list[str]:
 
 
 def _check_resume_config(fold_dir: Path, cfg: Config) -> None:
-    path = fold_dir / "config.yaml"
+    path = fold_dir / SAVED_CONFIG
     if not path.is_file():
         return
     import yaml
@@ -441,7 +444,8 @@ def init_from_model(model: keras.Model, path: str | os.PathLike) -> dict[str, An
     Raises:
         TrainingError: the file is missing or not a loadable model, or no layer matches.
     """
-    from cellseg.infer.test_set import InferenceError, load_models
+    from cellseg.exceptions import InferenceError
+    from cellseg.infer.ensemble import load_models
 
     path = Path(path)
     if not path.is_file():
@@ -606,15 +610,15 @@ def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
     history: list[dict[str, Any]] = []
     if chief and not resume:
-        save_config(cfg, fold_dir / "config.yaml")
+        save_config(cfg, fold_dir / SAVED_CONFIG)
     steps = cfg.train.steps_per_epoch
     init_report: dict[str, Any] | None = None
     with strategy.scope():
         if resume:
             state.update(json.loads((fold_dir / STATE_FILE).read_text()))
             model = keras.saving.load_model(fold_dir / LAST_MODEL)
-            if (fold_dir / "history.csv").is_file():
-                old = pd.read_csv(fold_dir / "history.csv")
+            if (fold_dir / HISTORY_FILE).is_file():
+                old = pd.read_csv(fold_dir / HISTORY_FILE)
                 history = old[old["epoch"] < state["epoch"]].to_dict("records")
             print(f"resuming at epoch {state['epoch'] + 1} "
                   f"(best val_score {state['best_score']:.4f})", flush=True)
@@ -672,11 +676,11 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
                                             errors=True)
     for s, (probs, ct) in zip(val_samples, preds):
         oof.save_oof(fold_dir, s.image_id, probs, ct)
-    with fileio.atomic_path(fold_dir / "oof_scores.csv") as tmp:
+    with fileio.atomic_path(fold_dir / OOF_SCORES_FILE) as tmp:
         table.to_csv(tmp, index=False)
     state = json.loads((fold_dir / STATE_FILE).read_text())
     result = {
-        "fold": int(fold_dir.name[4:]),
+        "fold": fold_of(fold_dir),
         "best_epoch": int(state["best_epoch"]) + 1,
         "epochs_run": int(state["epoch"]),
         "best_val_score_during_training": float(state["best_score"]),

@@ -61,11 +61,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from cellseg import fileio
+from cellseg import experiment, fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import DataError, TrainData
 from cellseg.evaluate.metric import match
+from cellseg.exceptions import TuningError
+from cellseg.experiment import BEST_MODEL, POSTPROCESS_FILE, TUNING_DB, fold_dirs, oof_dir
 from cellseg.postprocess.decode import (
     CLASSICAL_DEFAULTS,
     CLASSICAL_SEARCH_SPACE,
@@ -76,14 +78,12 @@ from cellseg.postprocess.decode import (
     suggest_params,
 )
 from cellseg.train import oof
-from cellseg.tune.tuned_params import POSTPROCESS_FILE
 
 METHODS: tuple[str, ...] = ("deep", "classical")
 #: Output file per method, in the experiment folder.
 OUTPUT_FILES: Mapping[str, str] = {"deep": POSTPROCESS_FILE,
                                    "classical": "postprocess_classical.yaml"}
 #: Default storage: a SQLite file in the experiment folder.
-DB_FILE = "tuning.db"
 IMAGE_SCORES_ATTR = "image_scores"  # per-image scores of a trial (EvalSet.ids order)
 #: Folder (in the experiment folder) for the optimisation-history / importance plots.
 PLOTS_DIR = "tuning"
@@ -95,10 +95,6 @@ SEARCH_SPACES: Mapping[str, Mapping[str, SearchRange]] = {
 def _train_hint(exp_dir: Path, fold: int | str = "K") -> str:
     """The command that writes an experiment's OOF predictions (for error messages)."""
     return f"python src/train.py --fold {fold} --config CONFIG --exp {Path(exp_dir).name}"
-
-
-class TuningError(ValueError):
-    """Tuning cannot start or continue; the message says what is missing and how to fix it."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -363,7 +359,7 @@ def collect_oof(exp_dir: str | os.PathLike, data: TrainData,
     found = list(oof.iter_oof_files(exp_dir, folds))
     if not found:
         which = f"folds {folds}" if folds else "any fold"
-        trained = sorted(p.name for p in exp_dir.glob("fold*") if (p / oof.OOF_DIRNAME).is_dir())
+        trained = [d.name for _, d in fold_dirs(exp_dir) if oof_dir(d).is_dir()]
         extra = f" (folds with OOF predictions: {trained})" if trained else ""
         raise TuningError(
             f"no out-of-fold predictions for {which} in {exp_dir}{extra}: expected "
@@ -509,7 +505,7 @@ def load_eval_sets(
 
 def default_storage(exp_dir: str | os.PathLike) -> str:
     """``sqlite:///<abs path>/output/<exp>/tuning.db``: the default, resumable storage."""
-    return f"sqlite:///{(Path(exp_dir) / DB_FILE).resolve()}"
+    return f"sqlite:///{(Path(exp_dir) / TUNING_DB).resolve()}"
 
 
 def describe_storage(spec: str) -> str:
@@ -991,7 +987,7 @@ def tuned_on(exp_dir: Path, folds: Sequence[int], method: str) -> dict[str, Any]
 
     heads, tta, models = set(), set(), {}
     for k in folds:
-        fold_dir = exp_dir / f"fold{k}"
+        fold_dir = experiment.fold_dir(exp_dir, k)
         result = fold_dir / "result.json"
         if result.is_file():
             try:
@@ -1000,7 +996,7 @@ def tuned_on(exp_dir: Path, folds: Sequence[int], method: str) -> dict[str, Any]
                 tta.add(tuple(r.get("oof_tta") or ()))
             except (ValueError, OSError):
                 pass
-        model = fold_dir / "best.keras"
+        model = fold_dir / BEST_MODEL
         if model.is_file():
             models[int(k)] = model_digest(model)
     if method != "deep":
@@ -1129,7 +1125,6 @@ def format_table(results: Iterable[CellTypeResult]) -> str:
 
 
 __all__ = [
-    "DB_FILE",
     "METHODS",
     "OUTPUT_FILES",
     "PLOTS_DIR",

@@ -35,8 +35,7 @@ import yaml
 from cellseg import fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
-
-POSTPROCESS_FILE = "postprocess.yaml"
+from cellseg.experiment import POSTPROCESS_FILE
 
 
 def defaults(cfg: Config) -> dict[str, dict[str, Any]]:
