@@ -210,7 +210,8 @@ def run(n_images: int = 10, n_cells: int = 300, repeats: int = 5, seed: int = 0,
 def table(r: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [["cellseg.evaluate.metric.image_score (label images)", r["ours_label_image_ms"],
              r.get("speedup_ours_vs_stardist")],
-            ["cellseg.evaluate.metric.match (truth as per-cell pixel lists)", r["ours_pixel_lists_ms"],
+            ["cellseg.evaluate.metric.match (truth as per-cell pixel lists)",
+             r["ours_pixel_lists_ms"],
              r.get("speedup_pixel_lists_vs_stardist")]]
     if r["stardist"]:
         rows.append(["stardist.matching.matching (10 thresholds)", r["stardist_ms"], 1.0])

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plain_warnings()
-    from cellseg.config import load_config, validate
+    from cellseg.config import check_config, load_config
     from cellseg.experiment import LAST_MODEL
     from cellseg.train import trainer
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.extra_data:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(
                 cfg.data, extra=[*cfg.data.extra, *args.extra_data]))
-            validate(cfg)
+            check_config(cfg)
         trainer.require_data(cfg)
         trainer.train_fold(cfg, args.fold, resume=args.resume, overwrite=args.overwrite)
     except USER_ERRORS as exc:

@@ -5,7 +5,13 @@ import pytest
 
 from cellseg.constants import TRAIN_COLUMNS
 from cellseg.data import rle
-from cellseg.data.dataset import DataError, TrainData, decode_instances, read_image, read_train_csv
+from cellseg.data.dataset import (
+    DataError,
+    TrainData,
+    decode_annotations,
+    read_image,
+    read_train_csv,
+)
 
 
 def write_root(tmp_path, masks_by_id, cell_type="cort", shape=(20, 30)):
@@ -51,7 +57,7 @@ def test_overlap_goes_to_smallest_cell():
     s = (10, 10)
     big = box(s, 0, 6, 0, 6)  # 36 px
     small = box(s, 4, 8, 4, 8)  # 16 px, overlaps big on 2x2
-    inst = decode_instances([rle.encode(big), rle.encode(small)], s)
+    inst = decode_annotations([rle.encode(big), rle.encode(small)], s)
     assert inst.overlap.sum() == 4
     assert (inst.labels[4:6, 4:6] == 2).all()  # contested pixels belong to the small cell
     assert (inst.labels == 1).sum() == 32 and (inst.labels == 2).sum() == 16
@@ -115,9 +121,9 @@ def test_bad_rle_names_file_row_and_id_when_read(tmp_path):
         TrainData(root)
 
 
-def test_decode_instances_names_csv_lines():
+def test_decode_annotations_names_csv_lines():
     with pytest.raises(DataError, match="train.csv, id aaa, row 7: .*past the image end"):
-        decode_instances(["1 2", "5 100"], (4, 5), where="train.csv, id aaa", lines=[6, 7])
+        decode_annotations(["1 2", "5 100"], (4, 5), where="train.csv, id aaa", lines=[6, 7])
 
 
 def test_image_size_mismatch_and_missing(tmp_path):

@@ -1,4 +1,5 @@
-"""Error analysis (cellseg.evaluate.error_analysis) and its overlays, on hand-built images with known answers."""
+"""Error analysis (cellseg.evaluate.error_analysis) and its overlays, on hand-built images
+with known answers."""
 
 from __future__ import annotations
 

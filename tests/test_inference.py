@@ -18,7 +18,7 @@ from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import DataError
 from cellseg.exceptions import InferenceError
 from cellseg.experiment import find_fold_models, resolve_config
-from cellseg.infer.submission import validate
+from cellseg.infer.submission import validate_submission
 from cellseg.infer.test_set import run_inference
 from cellseg.tune.tuned_params import save_params
 
@@ -111,7 +111,7 @@ def test_tta_ensemble_gives_a_valid_submission(workspace, tmp_path):
             save_probs_dir=tmp_path / "probs", save_overlays_dir=tmp_path / "overlays",
             progress=False)
     test_dir = workspace["data"] / "test"
-    assert validate(out, test_dir).n_images == 3
+    assert validate_submission(out, test_dir).n_images == 3
     assert summary["folds"] == [0, 1] and summary["n_images"] == 3
     assert set(summary["image_cell_types"]) == {"img00", "img01", "img02"}
     assert {"read", "model", "postprocess", "encode", "write"} <= set(summary["timing_s"])
@@ -130,7 +130,7 @@ def test_tta_ensemble_gives_a_valid_submission(workspace, tmp_path):
         s = run_inference(cfg, exp_dir, workspace["data"], out, folds=[1], heads=heads,
                           tta=["identity"], cell_type="astro", progress=False, verbose=False)
         assert s["folds"] == [1] and s["cell_type_counts"] == {"astro": 3}
-        validate(out, test_dir)
+        validate_submission(out, test_dir)
 
 
 @pytest.mark.slow
@@ -143,7 +143,7 @@ def test_models_without_cell_type_head_need_an_override(workspace, tmp_path):
     summary = run_inference(cfg, exp_dir, workspace["data"], out, cell_type="shsy5y",
                             progress=False, verbose=False)
     assert summary["cell_type_counts"] == {"shsy5y": 3}
-    validate(out, workspace["data"] / "test")
+    validate_submission(out, workspace["data"] / "test")
 
 
 @pytest.mark.slow
@@ -182,7 +182,7 @@ def test_cli_end_to_end_infer_then_evaluate(workspace, tmp_path):
                       "--save-overlays", tmp_path / "ov", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "model ensemble + TTA" in proc.stdout and "cell types {'cort': 3}" in proc.stdout
-    validate(out, workspace["data"] / "test")
+    validate_submission(out, workspace["data"] / "test")
     proc = run_script("evaluate.py", "--submission", out, "--truth",
                       workspace["data"] / "truth.csv", "--out", tmp_path / "eval", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

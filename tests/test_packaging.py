@@ -26,7 +26,7 @@ from cellseg.config import ConfigError, load_config, save_config
 from cellseg.deploy import kaggle as packaging
 from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
 from cellseg.exceptions import InferenceError
-from cellseg.infer.submission import read_submission, validate
+from cellseg.infer.submission import read_submission, validate_submission
 from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -485,7 +485,7 @@ def test_offline_kernel_matches_infer_py(trained, tmp_path):
     assert f"package {slug_dir}" in k_out and "experiment '" in k_out
 
     kernel_csv = kaggle / "working" / "submission.csv"
-    summary = validate(kernel_csv, comp / "test")
+    summary = validate_submission(kernel_csv, comp / "test")
     assert summary.n_images == 3
     kernel_df, local_df = read_submission(kernel_csv), read_submission(local_csv)
     assert (kernel_df["predicted"] != "").sum() > 0  # something to compare

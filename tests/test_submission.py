@@ -16,7 +16,7 @@ from cellseg.infer.submission import (
     folder_image_shapes,
     image_rows,
     read_image_shape,
-    validate,
+    validate_submission,
     write_submission,
 )
 
@@ -55,12 +55,12 @@ def test_shapes_from_png_headers(test_dir):
 def test_accepts_a_good_file(test_dir, tmp_path):
     path = tmp_path / "submission.csv"
     frame(good_rows()).to_csv(path, index=False)
-    summary = validate(path, test_dir)
+    summary = validate_submission(path, test_dir)
     assert (summary.n_rows, summary.n_images, summary.n_masks, summary.n_empty_images) == \
         (3, 2, 2, 1)
     assert summary.n_pixels == 20 + 40
     # Same checks from a DataFrame and from ids + shapes.
-    validate(frame(good_rows()), ["a", "b"], shapes={"a": (H, W), "b": (12, 16)})
+    validate_submission(frame(good_rows()), ["a", "b"], shapes={"a": (H, W), "b": (12, 16)})
 
 
 def test_rejects_overlapping_masks(test_dir):
@@ -111,23 +111,23 @@ def test_rejects_wrong_columns(test_dir, tmp_path, header):
     extra = ",1" if header.count(",") == 2 else ""
     path.write_text(f"{header}\na,{extra}\nb,{extra}\n")
     with pytest.raises(SubmissionError, match=r"columns are .*expected exactly \['id', 'pred"):
-        validate(path, test_dir)
+        validate_submission(path, test_dir)
 
 
 def test_missing_test_dir_and_garbage_image(tmp_path):
     with pytest.raises(DataError, match="image folder not found"):
-        validate(frame([("a", "")]), tmp_path / "nope")
+        validate_submission(frame([("a", "")]), tmp_path / "nope")
     folder = tmp_path / "t"
     folder.mkdir()
     (folder / "x.png").write_bytes(b"not a png at all" * 10)
     with pytest.raises(DataError, match=r"x\.png: not a readable image"):
-        validate(frame([("x", "")]), folder)
+        validate_submission(frame([("x", "")]), folder)
 
 
 def validate_file(rows, test_dir: Path):
     path = test_dir.parent / "check.csv"
     frame(rows).to_csv(path, index=False)
-    return validate(path, test_dir)
+    return validate_submission(path, test_dir)
 
 
 def test_image_rows_gives_one_empty_row_for_no_cell():
@@ -140,7 +140,7 @@ def test_write_submission_streams_validates_and_renames(test_dir, tmp_path):
     summary = write_submission(iter(good_rows()), out, test_dir)
     assert summary.n_masks == 2
     assert out.read_text().splitlines()[0] == "id,predicted"
-    assert validate(out, test_dir).n_rows == 3
+    assert validate_submission(out, test_dir).n_rows == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["submission.csv", "test"]
 
 
@@ -174,12 +174,13 @@ def test_validate_scales_to_many_masks(tmp_path):
             k += 1
             labels[r : r + 15, c : c + 25] = k
     masks = rle.encode_labels(labels)
-    summary = validate(frame([("big", m) for m in masks]), ["big"], shapes={"big": shape})
+    summary = validate_submission(frame([("big", m) for m in masks]), ["big"],
+                                  shapes={"big": shape})
     assert summary.n_masks == k and summary.n_pixels == int((labels > 0).sum())
 
 
 def test_real_sample_submission_format(real_sample):
     """The competition's own sample_submission.csv (three empty rows) is valid."""
-    summary = validate(real_sample / "sample_submission.csv", real_sample / "test")
+    summary = validate_submission(real_sample / "sample_submission.csv", real_sample / "test")
     assert summary.n_images == 3 and summary.n_empty_images == 3 and summary.n_masks == 0
     assert set(folder_image_shapes(real_sample / "test").values()) == {(520, 704)}

@@ -25,7 +25,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def full_size() -> dict[str, list[tuple[np.ndarray, synthetic.Instances]]]:
+def full_size() -> dict[str, list[tuple[np.ndarray, synthetic.SyntheticCells]]]:
     """Three 704x520 images per cell type."""
     rng = np.random.default_rng(11)
     return {t: [synthetic.make_image(t, rng) for _ in range(3)] for t in CELL_TYPES}
@@ -117,7 +117,8 @@ def test_per_type_statistics(full_size) -> None:
             for t, v in full_size.items()}
     assert n["shsy5y"] > 3 * n["cort"] and n["shsy5y"] >= 75
     assert 4 <= n["cort"] <= 108 and 5 <= n["astro"] <= 200
-    # Real medians (real subset / docs/design.md): shsy5y ~150-270 px, cort ~200-225, astro ~560-800.
+    # Real medians (real subset, docs/design.md): shsy5y ~150-270 px, cort ~200-225,
+    # astro ~560-800.
     assert 100 <= area["shsy5y"] <= 300 and 150 <= area["cort"] <= 300
     assert area["astro"] > 3 * area["shsy5y"] and 500 <= area["astro"] <= 1200
 

@@ -3,7 +3,7 @@ import pytest
 
 from cellseg.config import AugmentConfig, load_config
 from cellseg.data import rle
-from cellseg.data.dataset import decode_instances
+from cellseg.data.dataset import decode_annotations
 from cellseg.model.targets import TargetCache, annotation_key, make_targets
 from cellseg.train.augment import apply, build_augment
 from cellseg.train.batches import Sample, TrainBatches
@@ -18,7 +18,7 @@ def box(shape, y0, y1, x0, x1):
 def test_border_band_between_touching_cells_only():
     s = (20, 30)
     a, b, c = box(s, 5, 15, 2, 10), box(s, 5, 15, 10, 18), box(s, 5, 15, 24, 28)
-    inst = decode_instances([rle.encode(m) for m in (a, b, c)], s)
+    inst = decode_annotations([rle.encode(m) for m in (a, b, c)], s)
     t = make_targets(inst, radius=1)
     assert t.dtype == np.uint8 and t.shape == (20, 30, 2)
     np.testing.assert_array_equal(t[..., 0].astype(bool), a | b | c)
@@ -31,7 +31,7 @@ def test_border_band_between_touching_cells_only():
 def test_overlap_pixels_are_border():
     s = (12, 12)
     a, b = box(s, 0, 6, 0, 6), box(s, 4, 10, 4, 10)
-    inst = decode_instances([rle.encode(a), rle.encode(b)], s)
+    inst = decode_annotations([rle.encode(a), rle.encode(b)], s)
     t = make_targets(inst, radius=1)
     assert t[..., 1][inst.overlap].all()
 
@@ -43,7 +43,7 @@ def test_target_cache_roundtrip_and_key(tmp_path):
 
     def instances():
         calls.append(1)
-        return decode_instances(rows, s)
+        return decode_annotations(rows, s)
 
     cache = TargetCache(tmp_path)
     first = cache.get("img", rows, instances)
@@ -114,7 +114,7 @@ def test_band_radius_cap_changes_targets_and_cache_key(tmp_path):
     s = (80, 80)
     a, b = box(s, 10, 50, 10, 40), box(s, 10, 50, 40, 70)  # big touching cells: radius 4
     rows = [rle.encode(a), rle.encode(b)]
-    inst = decode_instances(rows, s)
+    inst = decode_annotations(rows, s)
     assert border_radius(inst) == 4 and border_radius(inst, max_radius=2) == 2
     wide, thin = make_targets(inst), make_targets(inst, max_radius=2)
     assert thin[..., 1].sum() < wide[..., 1].sum()

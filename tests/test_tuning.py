@@ -1,4 +1,5 @@
-"""Tests of Optuna post-processing tuning (cellseg.tune.study, src/tune.py) on tiny synthetic OOF maps.
+"""Tests of Optuna post-processing tuning (cellseg.tune, src/tune.py) on tiny synthetic OOF
+maps.
 
 The OOF maps are made from the truth: a blurred body map and a touching-border map, with a
 background bias (the body map never falls under ~0.28 off the cells, as an over-confident

@@ -286,7 +286,7 @@ def load_config(
     except ConfigError as exc:
         where = f"{path}: " if path is not None else ""
         raise ConfigError(f"{where}{exc}") from None
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -358,7 +358,7 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{name}: got {value}; expected <= {high}")
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; errors name the key."""
     _check_ranges(cfg)
     from cellseg.data.dataset import is_safe_id
@@ -412,7 +412,7 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 def config_from_dict(values: dict[str, Any]) -> Config:
     """Rebuild a Config from a saved dict (e.g. the YAML next to a model)."""
     cfg = _build(Config, values, "")
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 

@@ -23,8 +23,9 @@ Segmentations accepted (as pycocotools defines them):
 Overlapping cells are allowed (real astro cells overlap): each annotation keeps its own mask
 and its own train.csv row, as in the competition's train.csv (see ``cellseg.data.dataset``).
 
-Cell types: the kit knows only ``CELL_TYPES`` (``cellseg.data.dataset.read_train_csv`` rejects anything
-else, and the post-processing is tuned per type), so every image needs one of them: a fixed
+Cell types: the kit knows only ``CELL_TYPES`` (``cellseg.data.dataset.read_train_csv``
+rejects anything else, and the post-processing is tuned per type), so every image needs one of
+them: a fixed
 ``cell_type``; the LIVECell file-name prefix (``SHSY5Y_Phase_...`` -> ``shsy5y``; other cell
 lines must be mapped with ``type_map``, e.g. ``{"A172": "astro"}``, or skipped with
 ``skip_unmapped``); or the annotations' category names (what :func:`root_to_coco` writes).

@@ -1,7 +1,8 @@
 """Reading and validating a Sartorius-format data root.
 
-Layout (docs/design.md section 2): ``train.csv`` (one row per cell), ``train/{id}.png``, ``test/{id}.png``,
-``sample_submission.csv``. Nothing hard-codes 704 x 520: each image's size comes from the CSV's
+Layout (docs/design.md section 2): ``train.csv`` (one row per cell), ``train/{id}.png``,
+``test/{id}.png``, ``sample_submission.csv``. Nothing hard-codes 704 x 520: each image's size
+comes from the CSV's
 ``width``/``height`` and is checked against the PNG.
 
 Overlap rule: real annotations of one image overlap (the real sample has 3,354 pixels in 2-3
@@ -102,7 +103,7 @@ class Instances:
         return self.labels.shape  # type: ignore[return-value]
 
 
-def decode_instances(annotations: list[str] | pd.Series, shape: tuple[int, int],
+def decode_annotations(annotations: list[str] | pd.Series, shape: tuple[int, int],
                      where: str = "", lines: list[int] | np.ndarray | None = None
                      ) -> Instances:
     """Decode the RLE rows of one image into an :class:`Instances` (vectorised).
@@ -304,7 +305,7 @@ class TrainData:
 
     def load_instances(self, image_id: str) -> Instances:
         rows = self._check_id(image_id)
-        return decode_instances(self.table["annotation"].to_numpy()[rows], self.shape(image_id),
+        return decode_annotations(self.table["annotation"].to_numpy()[rows], self.shape(image_id),
                                 where=f"{self.csv_path}, id {image_id}",
                                 lines=self.table["row"].to_numpy()[rows] + 2)
 

@@ -160,7 +160,7 @@ STYLES: dict[str, CellStyle] = {
 
 
 @dataclass(frozen=True)
-class Instances:
+class SyntheticCells:
     """The annotation of one image: a label image plus the few pixels owned twice.
 
     ``labels`` (H x W int32, 0 = background) gives each pixel its cell; ``extra_label[k]``
@@ -186,7 +186,7 @@ class Instances:
     def mask(self, i: int) -> np.ndarray:
         """Boolean mask of cell ``i`` (1-based), extra pixels included."""
         if not 1 <= i <= self.n:
-            raise ValueError(f"Instances.mask: cell {i} out of range 1..{self.n}")
+            raise ValueError(f"SyntheticCells.mask: cell {i} out of range 1..{self.n}")
         m = self.labels == i
         m.ravel()[self.extra_index[self.extra_label == i]] = True
         return m
@@ -578,7 +578,7 @@ def n_cells_for(cell_type: str, rng: np.random.Generator, height: int = IMAGE_HE
 def make_image(cell_type: str, rng: np.random.Generator, height: int = IMAGE_HEIGHT,
                width: int = IMAGE_WIDTH, *, scale: float | None = None,
                count_scale: float = 1.0, n_cells: int | None = None
-               ) -> tuple[np.ndarray, Instances]:
+               ) -> tuple[np.ndarray, SyntheticCells]:
     """One synthetic image and its annotation, in memory.
 
     Args:
@@ -592,7 +592,7 @@ def make_image(cell_type: str, rng: np.random.Generator, height: int = IMAGE_HEI
         n_cells: exact number of candidate cells to aim for (overrides the drawn count).
 
     Returns:
-        ``(image, instances)``: uint8 H x W image and its :class:`Instances`. Crowded images
+        ``(image, instances)``: uint8 H x W image and its :class:`SyntheticCells`. Crowded images
         can hold a few fewer cells than aimed for (candidates that do not fit are dropped).
     """
     style = _check_type(cell_type)
@@ -614,7 +614,7 @@ def make_image(cell_type: str, rng: np.random.Generator, height: int = IMAGE_HEI
                          f"at scale {s:.3g}; use a larger image or scale")
     extra_label, extra_index = _overlaps(style, rng, labels, full, s)
     image = _render(style, rng, labels, s)
-    return image, Instances(labels, extra_label, extra_index, cell_type)
+    return image, SyntheticCells(labels, extra_label, extra_index, cell_type)
 
 
 @dataclass

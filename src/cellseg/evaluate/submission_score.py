@@ -3,8 +3,9 @@
 Why a separate step: the competition's hidden test set gives one number per day; scoring
 our own submission files on held-out annotated images (or the synthetic test set) gives the
 same metric per image, per cell type and per IoU threshold, with pictures of the worst and
-best images to see *why* a score is what it is. The error analysis (:mod:`cellseg.evaluate.error_analysis`:
-misses, false positives, merges, splits, by cell size, matched IoU) says which kind of mistake
+best images to see *why* a score is what it is. The error analysis
+(:mod:`cellseg.evaluate.error_analysis`: misses, false positives, merges, splits, by cell size,
+matched IoU) says which kind of mistake
 costs the score, per cell type; the overlays colour cells by that kind.
 
 Truth annotations overlap in the real data, so truth is kept as per-cell pixel-index lists
@@ -28,7 +29,7 @@ import pandas as pd
 
 from cellseg import fileio
 from cellseg.data import rle
-from cellseg.data.dataset import DataError, decode_instances, read_image, read_train_csv
+from cellseg.data.dataset import DataError, decode_annotations, read_image, read_train_csv
 from cellseg.evaluate.error_analysis import (
     ErrorRecord,
     error_analysis,
@@ -161,7 +162,7 @@ def evaluate_submission(
     annotations = truth["annotation"].to_numpy()
 
     def truth_of(image_id: str):
-        return decode_instances(annotations[rows_of[image_id]], shapes[image_id],
+        return decode_annotations(annotations[rows_of[image_id]], shapes[image_id],
                                 where=f"{truth_csv.name}, id {image_id}")
 
     def pred_of(image_id: str) -> np.ndarray:

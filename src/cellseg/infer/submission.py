@@ -6,8 +6,9 @@ test id appears, with one empty ``predicted`` when the image has no cell. The co
 checker also rejects two masks of one image that share a pixel.
 
 Why validate locally: a malformed file costs a Kaggle submission (and ~an hour of GPU kernel
-time) before the error shows. :func:`validate` applies the checker's rules and names the line,
-id and problem. :func:`write_submission` streams rows into a temporary file beside the target,
+time) before the error shows. :func:`validate_submission` applies the checker's rules and
+names the line, id and problem. :func:`write_submission` streams rows into a temporary file
+beside the target,
 validates it, and only then renames it into place, so an invalid or interrupted run never leaves
 a half-written ``submission.csv`` or replaces a good one.
 
@@ -211,7 +212,7 @@ def check_table(
     require_all: bool = True,
     ids_name: str = "test images",
 ) -> SubmissionSummary:
-    """The checks of :func:`validate` on a table in memory (also used by the evaluator).
+    """The checks of :func:`validate_submission` on a table in memory (also used by the evaluator).
 
     Args:
         df: the submission table.
@@ -274,7 +275,7 @@ def check_table(
                              n_empty_images=n_empty_images, n_pixels=n_px)
 
 
-def validate(
+def validate_submission(
     df_or_path: pd.DataFrame | str | os.PathLike,
     test_dir_or_ids: str | os.PathLike | Iterable[str],
     shapes: Mapping[str, tuple[int, int]] | None = None,
@@ -336,14 +337,14 @@ def write_submission(
     """Stream ``(id, predicted)`` rows to ``path``, validate, then rename into place.
 
     Rows go to a temporary file in the destination folder as they come (memory stays flat for
-    any number of cells); the finished temporary file is validated with :func:`validate` and
-    only then renamed onto ``path``. If the rows' producer raises (a corrupt test image, Ctrl-C)
+    any number of cells); the finished temporary file is validated with
+    :func:`validate_submission` and only then renamed onto ``path``. If the rows' producer raises (a corrupt test image, Ctrl-C)
     or validation fails, the temporary file is deleted and an existing ``path`` is untouched.
 
     Args:
         rows: ``(image id, RLE or "")`` pairs, e.g. from :func:`image_rows`.
         path: the submission to write (usually ``submission.csv``).
-        test_dir: the test image folder, or the test ids (see :func:`validate`).
+        test_dir: the test image folder, or the test ids (see :func:`validate_submission`).
         shapes: ``{id: (height, width)}`` when already known (saves reading PNG headers).
 
     Returns:
@@ -360,7 +361,7 @@ def write_submission(
             for image_id, predicted in rows:
                 writer.writerow((image_id, predicted))
         try:
-            summary = validate(tmp, test_dir, shapes)
+            summary = validate_submission(tmp, test_dir, shapes)
         except SubmissionError as exc:
             raise SubmissionError(
                 f"not writing {path}: the generated submission is invalid: "
@@ -377,6 +378,6 @@ __all__ = [
     "read_image_shape",
     "read_submission",
     "folder_image_shapes",
-    "validate",
+    "validate_submission",
     "write_submission",
 ]
