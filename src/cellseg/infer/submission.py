@@ -339,7 +339,8 @@ def write_submission(
     Rows go to a temporary file in the destination folder as they come (memory stays flat for
     any number of cells); the finished temporary file is validated with
     :func:`validate_submission` and only then renamed onto ``path``. If the rows' producer
-    raises (a corrupt test image, Ctrl-C) or validation fails, the temporary file is deleted and an existing ``path`` is untouched.
+    raises (a corrupt test image, Ctrl-C) or validation fails, the temporary file is deleted
+    and an existing ``path`` is untouched.
 
     Args:
         rows: ``(image id, RLE or "")`` pairs, e.g. from :func:`image_rows`.
