@@ -61,14 +61,10 @@ try:
 except ImportError:  # an older checkout: fall back to bench_postprocess's ellipses
     synthetic = None
 from cellseg.config import Config  # noqa: E402
-from cellseg.tune.study import (  # noqa: E402
-    SEARCH_SPACES,
-    EvalSet,
-    Evaluator,
-    make_storage,
-    method_defaults,
-    tune_cell_type,
-)
+from cellseg.tune.eval_sets import EvalSet  # noqa: E402
+from cellseg.tune.scoring import Evaluator  # noqa: E402
+from cellseg.tune.storage import make_storage  # noqa: E402
+from cellseg.tune.study import SEARCH_SPACES, method_defaults, tune_cell_type  # noqa: E402
 
 
 def _truth_pixels(labels: np.ndarray, extra_label: np.ndarray | None = None,

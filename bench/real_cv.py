@@ -96,7 +96,9 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
     import optuna
 
     from cellseg.postprocess.decode import DEEP_SEARCH_SPACE
-    from cellseg.tune.study import EvalSet, Evaluator, method_defaults, tune_cell_type
+    from cellseg.tune.eval_sets import EvalSet
+    from cellseg.tune.scoring import Evaluator
+    from cellseg.tune.study import method_defaults, tune_cell_type
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     defaults = method_defaults(cfg, "deep")
@@ -138,7 +140,7 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
     from cellseg.evaluate.viz import error_overlay, plot_iou_hist
     from cellseg.postprocess.decode import decode_with_params
     from cellseg.train import oof
-    from cellseg.tune.study import load_eval_sets
+    from cellseg.tune.eval_sets import load_eval_sets
     from cellseg.tune.tuned_params import load_params
 
     data = TrainData(cfg.data.root)

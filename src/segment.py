@@ -84,23 +84,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cellseg.exceptions import SegmentError
     from cellseg.infer import segment_images as seg
 
     try:
         if args.scale is not None and not args.scale > 0:
-            raise seg.SegmentError(f"--scale must be > 0, got {args.scale}")
+            raise SegmentError(f"--scale must be > 0, got {args.scale}")
         if args.cell_diameter is not None and not args.cell_diameter > 0:
-            raise seg.SegmentError(f"--cell-diameter must be > 0, got {args.cell_diameter}")
+            raise SegmentError(f"--cell-diameter must be > 0, got {args.cell_diameter}")
         if args.tile < 0 or args.tile_overlap < 0:
-            raise seg.SegmentError("--tile and --tile-overlap must be >= 0")
+            raise SegmentError("--tile and --tile-overlap must be >= 0")
         if args.tile and args.tile_overlap >= args.tile - 32:
-            raise seg.SegmentError(f"--tile-overlap {args.tile_overlap} must be smaller than "
+            raise SegmentError(f"--tile-overlap {args.tile_overlap} must be smaller than "
                                    f"--tile {args.tile} minus 32")
         if args.channel is not None and args.channel < 0:
-            raise seg.SegmentError(f"--channel must be >= 0, got {args.channel}")
+            raise SegmentError(f"--channel must be >= 0, got {args.channel}")
         out = Path(args.out)
         if out.exists() and not out.is_dir():
-            raise seg.SegmentError(f"--out {out}: exists and is not a folder")
+            raise SegmentError(f"--out {out}: exists and is not a folder")
         files = seg.collect_inputs(args.inputs, recursive=args.recursive)
         names = seg.output_names(files)
         summary_name = "segment_summary.csv"

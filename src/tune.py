@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from cellseg.exceptions import ConfigError
-    from cellseg.tune.study import format_table, run_tuning
+    from cellseg.tune.study import run_tuning
+    from cellseg.tune.summary import format_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -121,7 +121,10 @@ def test_writes_tables_and_overlays(tmp_path):
     summary = pd.read_csv(out / "summary.csv", index_col=0)
     assert summary.loc["overall", "score"] == pytest.approx(result.score, abs=1e-6)
     md = (out / "summary.md").read_text()
-    assert "| cell type | images | score | p@0.50" in md and "| overall | 4 |" in md
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines()
+            if line.startswith("|")]  # tabulate pads cells to the column width
+    assert ["cell type", "images", "score", "p@0.50"] in [r[:4] for r in rows]
+    assert ["overall", "4"] in [r[:2] for r in rows]
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert len(overlays) == 2
     assert overlays[0].startswith("best_01_") and overlays[1] == "worst_01_img03.png"

@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from cellseg.data.images import read_image_any
+from cellseg.exceptions import ImageReadError, SegmentError
 from cellseg.infer import segment_images as seg
+from cellseg.infer import segment_outputs, tiling
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -110,7 +113,7 @@ def run_cli(exp: dict, *args: str) -> int:
 def test_tile_spans_cover_align_and_keep_the_overlap():
     for length in (100, 777, 1025, 2000, 3000, 8000):
         for tile, overlap in ((1024, 192), (512, 128), (256, 64)):
-            spans = seg.tile_spans(length, tile, overlap)
+            spans = tiling.tile_spans(length, tile, overlap)
             assert spans[0].start == 0 and spans[-1].stop == length
             assert spans[0].core_lo == 0 and spans[-1].core_hi == length
             for a, b in zip(spans, spans[1:]):
@@ -118,7 +121,7 @@ def test_tile_spans_cover_align_and_keep_the_overlap():
                 assert a.core_hi == b.core_lo
                 assert b.core_lo - b.start >= overlap // 2 and a.stop - a.core_hi >= overlap // 2
             assert max(s.stop - s.start for s in spans) < tile + 32
-    assert seg.tile_spans(3000, 0, 192) == [seg.Span(0, 3000, 0, 3000)]
+    assert tiling.tile_spans(3000, 0, 192) == [tiling.Span(0, 3000, 0, 3000)]
 
 
 def test_inputs_names_and_shards(tmp_path):
@@ -135,11 +138,11 @@ def test_inputs_names_and_shards(tmp_path):
     assert sum(len(part) for part in parts) == len(files)  # disjoint
     assert seg.parse_shard("2/3") == (2, 3)
     for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
-        with pytest.raises(seg.SegmentError, match="--shard"):
+        with pytest.raises(SegmentError, match="--shard"):
             seg.parse_shard(bad)
-    with pytest.raises(seg.SegmentError, match="no such file"):
+    with pytest.raises(SegmentError, match="no such file"):
         seg.collect_inputs([tmp_path / "missing.png"])
-    with pytest.raises(seg.SegmentError, match="matches no image"):
+    with pytest.raises(SegmentError, match="matches no image"):
         seg.collect_inputs([str(tmp_path / "*.bmp")])
 
 
@@ -148,29 +151,29 @@ def test_reading_bit_depths_and_channels(tmp_path):
 
     img, _ = synthetic_image(64, 80)
     tifffile.imwrite(tmp_path / "cyx.tif", np.stack([img, 255 - img]).astype(np.uint16))
-    assert seg.read_image_any(tmp_path / "cyx.tif", channel=1).tolist() == (255 - img).tolist()
-    with pytest.raises(seg.ImageReadError, match=r"cyx.tif: 2 channels \(or planes\); choose one"):
-        seg.read_image_any(tmp_path / "cyx.tif")
-    with pytest.raises(seg.ImageReadError, match=r"--channel 5 out of range"):
-        seg.read_image_any(tmp_path / "cyx.tif", channel=5)
+    assert read_image_any(tmp_path / "cyx.tif", channel=1).tolist() == (255 - img).tolist()
+    with pytest.raises(ImageReadError, match=r"cyx.tif: 2 channels \(or planes\); choose one"):
+        read_image_any(tmp_path / "cyx.tif")
+    with pytest.raises(ImageReadError, match=r"--channel 5 out of range"):
+        read_image_any(tmp_path / "cyx.tif", channel=5)
     cv2.imwrite(str(tmp_path / "rgb.png"), np.dstack([img, img, img]))
-    assert np.array_equal(seg.read_image_any(tmp_path / "rgb.png"), img)
+    assert np.array_equal(read_image_any(tmp_path / "rgb.png"), img)
     cv2.imwrite(str(tmp_path / "d16.png"), img.astype(np.uint16) * 257)
-    assert seg.read_image_any(tmp_path / "d16.png").dtype == np.uint16
+    assert read_image_any(tmp_path / "d16.png").dtype == np.uint16
     (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(seg.ImageReadError, match="bad.tif"):
-        seg.read_image_any(tmp_path / "bad.tif")
+    with pytest.raises(ImageReadError, match="bad.tif"):
+        read_image_any(tmp_path / "bad.tif")
 
 
 def test_labels_back_to_the_original_size():
     small = np.array([[1, 2], [3, 0]], np.int32)
-    assert seg.labels_to_shape(small, (4, 4)).tolist() == [
+    assert segment_outputs.labels_to_shape(small, (4, 4)).tolist() == [
         [1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 0, 0], [3, 3, 0, 0]]
     labels = np.zeros((40, 60), np.int32)
     labels[5:15, 5:20] = 1
     labels[20:30, 30:55] = 2
-    assert np.array_equal(seg.labels_to_shape(seg.labels_to_shape(labels, (80, 120)),
-                                              (40, 60)), labels)
+    up = segment_outputs.labels_to_shape(labels, (80, 120))
+    assert np.array_equal(segment_outputs.labels_to_shape(up, (40, 60)), labels)
 
 
 # ------------------------------------------------------------------------------- the model
@@ -184,7 +187,7 @@ def test_tiled_big_16bit_tiff_equals_whole_image(ensemble, tmp_path):
     img8, _ = synthetic_image(2000, 3000, seed=3)
     img = img8.astype(np.uint16) * 200 + 1000
     tifffile.imwrite(tmp_path / "big.tif", img)
-    image = seg.read_image_any(tmp_path / "big.tif")
+    image = read_image_any(tmp_path / "big.tif")
     assert image.dtype == np.uint16 and image.shape == (2000, 3000)
     whole = seg.segment_array(ensemble, image, tile=0)
     tiled = seg.segment_array(ensemble, image, tile=512, overlap=128)
@@ -195,8 +198,8 @@ def test_tiled_big_16bit_tiff_equals_whole_image(ensemble, tmp_path):
     assert 20 < np.median(np.bincount(whole.labels.ravel())[1:]) < 400  # cell-sized
 
     # Every whole-image cell crossing an inner tile edge has its twin in the tiled result.
-    rows = seg.tile_spans(2000, 512, 128)
-    cols = seg.tile_spans(3000, 512, 128)
+    rows = tiling.tile_spans(2000, 512, 128)
+    cols = tiling.tile_spans(3000, 512, 128)
     a, b = whole.labels.astype(np.int64), tiled.labels.astype(np.int64)
     inter = np.bincount(a.ravel() * (b.max() + 1) + b.ravel(),
                         minlength=(a.max() + 1) * (b.max() + 1)).reshape(a.max() + 1, -1)
@@ -225,7 +228,7 @@ def test_scale_returns_labels_at_the_input_size(ensemble):
     scaled = seg.segment_array(ensemble, big, scale=0.5, tile=0)
     assert scaled.labels.shape == (480, 640) and scaled.model_shape == (240, 320)
     assert direct.n_cells > 10 and scaled.n_cells == direct.n_cells
-    assert np.array_equal(scaled.labels, seg.labels_to_shape(direct.labels, (480, 640)))
+    assert np.array_equal(scaled.labels, segment_outputs.labels_to_shape(direct.labels, (480, 640)))
 
 
 def test_cli_outputs_open_in_the_viewers(exp, tmp_path):
@@ -240,7 +243,7 @@ def test_cli_outputs_open_in_the_viewers(exp, tmp_path):
     assert np.array_equal(tifffile.imread(out / "rgb_labels.tif"), gray)
     assert np.array_equal(tifffile.imread(out / "deep_labels.tif"), gray)
     cells = pd.read_csv(out / "gray_cells.csv")
-    assert list(cells.columns) == list(seg.CSV_COLUMNS)
+    assert list(cells.columns) == list(segment_outputs.CSV_COLUMNS)
     assert cells["id"].tolist() == list(range(1, int(gray.max()) + 1))
     assert (cells["area"] == np.bincount(gray.ravel())[1:]).all()
     assert set(cells["cell_type"]) == {"cort"} and cells["confidence"].between(0, 1).all()
@@ -300,7 +303,7 @@ def test_cell_diameter_uses_the_training_median(exp, tmp_path, capsys):
     assert run_cli(exp, str(exp["images"] / "gray.png"), "--out", str(out),
                    "--cell-diameter", str(2 * ref), "--tile", "0") == 0
     assert "scale 0.5 = training median" in capsys.readouterr().out
-    assert seg.read_image_any(out / "gray_labels.tif").shape == (200, 264)
+    assert read_image_any(out / "gray_labels.tif").shape == (200, 264)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -27,20 +27,15 @@ from cellseg.config import load_config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import TrainData
 from cellseg.data.folds import load_folds
+from cellseg.exceptions import TuningError
 from cellseg.model.targets import make_targets
 from cellseg.postprocess.decode import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
 from cellseg.train import oof
 from cellseg.tune import tuned_params as tuned
-from cellseg.tune.study import (
-    Evaluator,
-    TuningError,
-    default_storage,
-    describe_storage,
-    load_eval_sets,
-    make_storage,
-    run_tuning,
-    study_name,
-)
+from cellseg.tune.eval_sets import load_eval_sets
+from cellseg.tune.scoring import Evaluator
+from cellseg.tune.storage import default_storage, describe_storage, make_storage, study_name
+from cellseg.tune.study import run_tuning
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE = REPO / "src" / "tune.py"

@@ -52,9 +52,9 @@ from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
 from cellseg.data.dataset import ID_CHARS, MAX_ID_LENGTH, check_image_id
+from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8
 from cellseg.exceptions import CocoError
 
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp")
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
 DEFAULT_LINE_MAP: dict[str, str] = {"SHSY5Y": "shsy5y", "SH-SY5Y": "shsy5y"}
 SOURCE_FILE = "source.json"
@@ -290,82 +290,6 @@ def safe_id(stem: str) -> str:
 def cell_line(file_name: str) -> str:
     """LIVECell's cell line: the file name's text before the first ``_`` (``A172``, ...)."""
     return PurePosixPath(str(file_name).replace("\\", "/")).name.split("_", 1)[0]
-
-
-def to_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Any grayscale array -> uint8; non-8-bit data is scaled between its 0.5 and 99.5
-    percentiles (so one hot pixel cannot darken a 16-bit image). Returns (image, rescaled)."""
-    if image.dtype == np.uint8:
-        return image, False
-    if image.dtype == bool:
-        return image.astype(np.uint8) * 255, True
-    data = image.astype(np.float64)
-    finite = np.isfinite(data)
-    if not finite.any():
-        return np.zeros(image.shape, np.uint8), True
-    lo, hi = np.percentile(data[finite], [0.5, 99.5])
-    if hi <= lo:
-        out = np.zeros(image.shape, np.uint8)
-    else:
-        out = np.clip(np.round((np.where(finite, data, lo) - lo) * (255.0 / (hi - lo))), 0, 255)
-    return out.astype(np.uint8), True
-
-
-def read_image_any(path: Path) -> tuple[np.ndarray, bool]:
-    """Read PNG / TIFF / JPEG as 2-D uint8 (see :func:`to_uint8`); returns (image, rescaled).
-
-    Colour images whose channels are equal keep one channel; others are converted to gray.
-    """
-    image = None
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-            image = tifffile.imread(str(path))
-        except ImportError:
-            image = None
-        except Exception as exc:  # noqa: BLE001 - tifffile raises many types on bad files
-            raise CocoError(f"{path}: not a readable TIFF ({exc})") from None
-        rgb_order = True
-    if image is None:
-        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        rgb_order = False
-        if image is None:
-            raise CocoError(f"{path}: not a readable image (corrupt, or not PNG/TIFF/JPEG)")
-    image = np.asarray(image)
-    image = np.squeeze(image) if image.ndim > 2 and 1 in image.shape else image
-    if image.ndim == 3 and image.shape[-1] in (3, 4):
-        c = image[..., :3]
-        if np.array_equal(c[..., 0], c[..., 1]) and np.array_equal(c[..., 1], c[..., 2]):
-            image = np.ascontiguousarray(c[..., 0])
-        else:
-            work = c if c.dtype in (np.uint8, np.uint16) else c.astype(np.float32)
-            code = cv2.COLOR_RGB2GRAY if rgb_order else cv2.COLOR_BGR2GRAY
-            image = cv2.cvtColor(np.ascontiguousarray(work), code)
-    if image.ndim != 2:
-        raise CocoError(f"{path}: expected one 2-D grayscale image, got an array of shape "
-                        f"{image.shape}")
-    return to_uint8(image)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """(height, width) from the file header, without decoding the pixels."""
-    try:
-        from PIL import Image
-        with Image.open(path) as im:
-            width, height = im.size
-        return int(height), int(width)
-    except Exception:  # noqa: BLE001, S110 - PIL cannot open every TIFF; tifffile / cv2 can
-        pass
-    if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            import tifffile
-            with tifffile.TiffFile(str(path)) as tif:
-                shape = tif.pages[0].shape
-            return int(shape[0]), int(shape[1])
-        except Exception:  # noqa: BLE001, S110 - fall back to decoding the whole image
-            pass
-    image, _ = read_image_any(path)
-    return image.shape  # type: ignore[return-value]
 
 
 def _index_images(folder: Path) -> tuple[dict[str, Path], dict[str, list[Path]]]:
@@ -698,7 +622,7 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
     # Pass 2: the images (8-bit PNG), then train.csv and source.json last.
     prepare_root(out, overwrite, protect=(images_dir, annotations))
     for entry, path, image_id in to_write:
-        image, rescaled = read_image_any(path)
+        image, rescaled = read_image_uint8(path)
         n_rescaled += rescaled
         if image.shape != (int(entry["height"]), int(entry["width"])):
             raise CocoError(f"image id {entry['id']!r} ({entry['file_name']}): file {path} "

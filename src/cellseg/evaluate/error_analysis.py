@@ -271,32 +271,35 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "-" if pd.isna(value) else f"{value:.{digits}f}"
 
 
+def _markdown(rows: list[list[str]], header: list[str]) -> str:
+    """Rows of formatted cells as a markdown table: a cell-type column, then numbers."""
+    return pd.DataFrame(rows, columns=header).to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] + ["right"] * (len(header) - 1))
+
+
 def error_summary_markdown(summary: pd.DataFrame) -> str:
     """An :func:`error_summary` table as three markdown tables (counts, reasons, sizes)."""
-    lines = ["## Counts at IoU > 0.5", "",
-             "| cell type | images | true | pred | TP | FN | FP | merges | splits | "
-             "precision@0.5 | recall@0.5 | mean matched IoU |",
-             "|---|" + "---:|" * 11]
-    for name, r in summary.iterrows():
-        lines.append(f"| {name} | {int(r['images'])} | {int(r['n_true'])} | {int(r['n_pred'])} "
-                     f"| {int(r['tp'])} | {int(r['fn'])} | {int(r['fp'])} | {int(r['merges'])} "
-                     f"| {int(r['splits'])} | {_fmt(r['precision@0.5'])} | "
-                     f"{_fmt(r['recall@0.5'])} | {_fmt(r['mean_iou'])} |")
-    lines += ["", "## Why: misses (FN) and false positives (FP) by cause", "",
-              "| cell type | FN in merge | FN split | FN other | FP merge | FP split piece | "
-              "FP other |", "|---|" + "---:|" * 6]
-    for name, r in summary.iterrows():
-        lines.append(f"| {name} | " + " | ".join(str(int(r[c])) for c in REASON_COLUMNS) + " |")
-    head = " | ".join(f"miss {lab}" for lab in SIZE_LABELS) + " | " + " | ".join(
-        f"FP {lab}" for lab in SIZE_LABELS)
-    lines += ["", "## By cell area (pixels): miss rate = FN / true cells, FP rate = FP / "
-              "predicted cells (cells in the bin in parentheses)", "",
-              f"| cell type | {head} |", "|---|" + "---:|" * (2 * len(SIZE_BINS))]
-    for name, r in summary.iterrows():
-        cells = [f"{_fmt(r[f'miss_rate_{b}'])} ({int(r[f'true_{b}'])})" for b in SIZE_BINS]
-        cells += [f"{_fmt(r[f'fp_rate_{b}'])} ({int(r[f'pred_{b}'])})" for b in SIZE_BINS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    counts = [[str(name), *(str(int(r[c])) for c in ("images", "n_true", "n_pred", "tp", "fn",
+                                                     "fp", "merges", "splits")),
+               _fmt(r["precision@0.5"]), _fmt(r["recall@0.5"]), _fmt(r["mean_iou"])]
+              for name, r in summary.iterrows()]
+    reasons = [[str(name), *(str(int(r[c])) for c in REASON_COLUMNS)]
+               for name, r in summary.iterrows()]
+    sizes = [[str(name),
+              *(f"{_fmt(r[f'miss_rate_{b}'])} ({int(r[f'true_{b}'])})" for b in SIZE_BINS),
+              *(f"{_fmt(r[f'fp_rate_{b}'])} ({int(r[f'pred_{b}'])})" for b in SIZE_BINS)]
+             for name, r in summary.iterrows()]
+    return "\n".join([
+        "## Counts at IoU > 0.5", "",
+        _markdown(counts, ["cell type", "images", "true", "pred", "TP", "FN", "FP", "merges",
+                           "splits", "precision@0.5", "recall@0.5", "mean matched IoU"]),
+        "", "## Why: misses (FN) and false positives (FP) by cause", "",
+        _markdown(reasons, ["cell type", "FN in merge", "FN split", "FN other", "FP merge",
+                            "FP split piece", "FP other"]),
+        "", "## By cell area (pixels): miss rate = FN / true cells, FP rate = FP / "
+        "predicted cells (cells in the bin in parentheses)", "",
+        _markdown(sizes, ["cell type", *(f"miss {lab}" for lab in SIZE_LABELS),
+                          *(f"FP {lab}" for lab in SIZE_LABELS)])])
 
 
 __all__ = [

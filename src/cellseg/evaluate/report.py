@@ -89,17 +89,20 @@ class _Page:
 
 
 def _table(df: pd.DataFrame, digits: int = 3) -> str:
-    """A markdown table (no dependency on ``tabulate``)."""
+    """A markdown table (``DataFrame.to_markdown``); numeric columns right-aligned.
+
+    Cells are formatted here, not by tabulate's ``floatfmt``: a missing float must read "–",
+    not "nan", and a column mixing numbers and text must not be re-parsed as numbers.
+    """
     def cell(v: Any) -> str:
         if isinstance(v, (float, np.floating)):
             return "–" if not np.isfinite(v) else f"{v:.{digits}f}"
         return str(v)
 
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |"
-              for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    text = pd.DataFrame([[cell(v) for v in row] for row in df.itertuples(index=False)],
+                        columns=[str(c) for c in df.columns])
+    align = ["right" if pd.api.types.is_numeric_dtype(t) else "left" for t in df.dtypes]
+    return text.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def _save(fig: Any, path: Path) -> None:

@@ -95,15 +95,12 @@ def labels_from_rles(rles: list[str], shape: tuple[int, int], where: str = "") -
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """A :func:`cellseg.evaluate.metric.summarize` table as markdown (no extra dependency)."""
+    """A :func:`cellseg.evaluate.metric.summarize` table as markdown (``to_markdown``)."""
     cols = list(summary.columns)
-    head = "| cell type | " + " | ".join(cols) + " |"
-    sep = "|---|" + "|".join("---:" for _ in cols) + "|"
-    body = []
-    for name, row in summary.iterrows():
-        cells = [f"{int(row[c])}" if c == "images" else f"{row[c]:.4f}" for c in cols]
-        body.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join([head, sep, *body])
+    rows = [[str(name), *(f"{int(row[c])}" if c == "images" else f"{row[c]:.4f}"
+                          for c in cols)] for name, row in summary.iterrows()]
+    return pd.DataFrame(rows, columns=["cell type", *cols]).to_markdown(
+        index=False, disable_numparse=True, colalign=["left"] + ["right"] * len(cols))
 
 
 def _find_image(image_id: str, dirs: list[Path]) -> Path | None:

@@ -173,14 +173,24 @@ class FoldEnsemble:
         standardised here. The type probabilities come from the whole-image classifiers when
         the experiment has them, else from the network head (``(N, 0)`` without either).
         """
-        from cellseg.infer.maps import normalize_image, predict_images
+        from cellseg.infer.maps import normalize_image
 
         batch = np.stack([normalize_image(r) for r in raw_images])
-        probs, type_probs = predict_images(self.models, batch, heads=self.heads, tta=self.tta,
-                                           batch_size=self.batch_size)
+        probs, type_probs = self.predict_normalized(batch)
         if self.classifiers:
             type_probs = ensemble_proba(self.classifiers, list(raw_images))
         return probs, type_probs
+
+    def predict_normalized(self, batch: np.ndarray, batch_size: int | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+        """The fold models x TTA with this ensemble's heads on already standardised images
+        ``(N, H, W)``: ``(probs (N, H, W, C), network-head type probs (N, 3 or 0))``. For
+        callers that standardise with other statistics (tiles of a large image use the whole
+        image's mean and std)."""
+        from cellseg.infer.maps import predict_images
+
+        return predict_images(self.models, batch, heads=self.heads, tta=self.tta,
+                              batch_size=batch_size or self.batch_size)
 
     def cell_type(self, type_probs: np.ndarray) -> str:
         """The override, else the most probable type of one image's probabilities."""

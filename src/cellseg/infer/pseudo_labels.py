@@ -46,16 +46,9 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
-from cellseg.data.coco import (
-    IMAGE_SUFFIXES,
-    CocoError,
-    image_size,
-    prepare_root,
-    read_image_any,
-    safe_id,
-    write_png,
-)
-from cellseg.exceptions import PseudoLabelError
+from cellseg.data.coco import prepare_root, safe_id, write_png
+from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8
+from cellseg.exceptions import CocoError, DataError, PseudoLabelError
 from cellseg.experiment import POSTPROCESS_FILE
 
 IMAGES_FILE = "pseudo_images.csv"
@@ -227,7 +220,7 @@ def pseudo_label(
     for path, image_id in files:
         try:
             shapes[image_id] = image_size(path)
-        except CocoError as exc:
+        except DataError as exc:
             raise PseudoLabelError(str(exc)) from None
     thresholds = type_thresholds(ens.params, min_confidence)
     forced = getattr(ens, "cell_type_override", None)
@@ -250,8 +243,8 @@ def pseudo_label(
             images = []
             for path, _ in part:
                 try:
-                    image, rescaled = read_image_any(path)
-                except CocoError as exc:
+                    image, rescaled = read_image_uint8(path)
+                except DataError as exc:
                     raise PseudoLabelError(str(exc)) from None
                 counts["rescaled_to_uint8"] += int(rescaled)
                 images.append(image)

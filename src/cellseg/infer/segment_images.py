@@ -15,9 +15,9 @@ and come out, per image ``NAME``, as
 
 How an image is processed (choices, and why):
 
-1. **Read** (:func:`read_image_any`) in its own dtype; a multi-channel image is reduced to one
-   channel (``channel=K``, else the luminance of RGB / RGBA; other channel counts need
-   ``channel``).
+1. **Read** (:func:`cellseg.data.images.read_image_any`) in its own dtype; a multi-channel
+   image is reduced to one channel (``channel=K``, else the luminance of RGB / RGBA; other
+   channel counts need ``channel``).
 2. **Scale** (``scale`` or ``cell_diameter``): resize to the scale the model was trained at
    (``cell_diameter`` is compared with the median cell diameter of the training data,
    :func:`reference_diameter`, computed from the RLE run lengths of ``train.csv``).
@@ -46,11 +46,10 @@ machines share a collection without any output colliding.
 from __future__ import annotations
 
 import glob
-import math
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,9 +59,26 @@ import numpy as np
 
 from cellseg import fileio
 from cellseg.constants import IMAGE_HEIGHT, IMAGE_WIDTH
+from cellseg.data.images import IMAGE_SUFFIXES, read_image_any
 from cellseg.exceptions import ImageReadError, SegmentError
+from cellseg.infer.segment_outputs import (
+    cell_table,
+    is_done,
+    labels_to_shape,
+    output_paths,
+    write_label_tiff,
+    write_overlay,
+    write_rois,
+)
+from cellseg.infer.tiling import (
+    ROW_BLOCK,
+    Span,
+    image_stats,
+    model_multiple,
+    normalize_with,
+    tile_spans,
+)
 
-IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 #: Default tile side (px at model scale): above the 704 x 520 training images, so each tile
 #: gives the network at least the context it was validated with, and a multiple of 2**depth.
 DEFAULT_TILE = 1024
@@ -73,9 +89,6 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 192
 #: Crop used for the whole-image cell-type decision (the training images' size).
 TYPE_WINDOW: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
-OVERLAY_MAX_SIDE = 2048
-UINT16_MAX_CELLS = 65535
-_ROW_BLOCK = 1024  # rows per block when summing image statistics
 
 
 # --------------------------------------------------------------------------------- inputs
@@ -160,78 +173,6 @@ def shard(paths: Sequence[Path], k: int, n: int) -> list[Path]:
     return list(paths[k::n])
 
 
-# --------------------------------------------------------------------------------- reading
-def _to_gray(arr: np.ndarray, channel: int | None, path: Path, rgb_order: bool) -> np.ndarray:
-    """H x W from H x W x C (or C x H x W with C <= 4 from TIFF)."""
-    if arr.ndim == 2:
-        if channel not in (None, 0):
-            raise ImageReadError(f"{path}: single-channel image has no channel {channel}")
-        return arr
-    if arr.ndim != 3:
-        raise ImageReadError(f"{path}: expected a 2-D image or one with channels, got shape "
-                             f"{arr.shape} (stacks and time series are not supported)")
-    if arr.shape[0] < min(arr.shape[1], arr.shape[2]):  # channels / planes first ("CYX")
-        arr = np.moveaxis(arr, 0, -1)
-    n_channels = arr.shape[-1]
-    if channel is not None:
-        if not 0 <= channel < n_channels:
-            raise ImageReadError(f"{path}: --channel {channel} out of range; the image has "
-                                 f"{n_channels} channels (0..{n_channels - 1})")
-        return np.ascontiguousarray(arr[..., channel])
-    if n_channels == 1:
-        return arr[..., 0]
-    if n_channels in (3, 4):
-        rgb = arr[..., :3] if rgb_order else arr[..., 2::-1]
-        gray = rgb.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
-        if np.issubdtype(arr.dtype, np.integer):
-            gray = np.rint(gray).astype(arr.dtype)
-        return gray
-    raise ImageReadError(f"{path}: {n_channels} channels (or planes); choose one with "
-                         f"--channel K")
-
-
-def read_image_any(path: str | os.PathLike, channel: int | None = None) -> np.ndarray:
-    """One image as a 2-D array in its own dtype (uint8, uint16, float32, ...).
-
-    PNG and JPEG through OpenCV (16-bit PNG kept), TIFF through ``tifffile`` (first series;
-    singleton axes dropped). ``channel`` picks one channel (0-based, RGB order); by default
-    RGB(A) becomes luminance. Why native dtype: a 16-bit 8000 x 8000 image is 128 MB as read
-    and would be 256 MB as float32; normalisation happens per tile.
-
-    Raises:
-        ImageReadError: unreadable, truncated or empty file, or unusable shape (named).
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            arr = np.squeeze(tifffile.imread(path))
-            rgb_order = True
-        else:
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if arr is None:
-                raise ImageReadError(f"{path}: cannot read the image (corrupt or not "
-                                     f"{suffix.lstrip('.').upper()})")
-            rgb_order = False  # OpenCV gives BGR(A)
-    except ImageReadError:
-        raise
-    except Exception as exc:  # tifffile raises several types on a damaged file
-        raise ImageReadError(f"{path}: cannot read the image ({type(exc).__name__}: "
-                             f"{exc})") from None
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8)
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ImageReadError(f"{path}: unsupported pixel type {arr.dtype}")
-    gray = _to_gray(arr, channel, path, rgb_order)
-    if gray.ndim != 2 or min(gray.shape) < 8:
-        raise ImageReadError(f"{path}: image of shape {gray.shape} is too small (>= 8 x 8)")
-    if np.issubdtype(gray.dtype, np.floating) and not np.isfinite(gray).all():
-        raise ImageReadError(f"{path}: image contains NaN or infinite values")
-    return gray
-
-
 # --------------------------------------------------------------------------------- scale
 def reference_diameter(data_root: str | os.PathLike) -> float:
     """Median equivalent diameter (px) of the training cells in ``<data_root>/train.csv``.
@@ -277,121 +218,6 @@ def scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
     return max(8, int(round(shape[0] * scale))), max(8, int(round(shape[1] * scale)))
 
 
-def labels_to_shape(labels: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of a label image (pixel centres mapped, no new ids)."""
-    h0, w0 = shape
-    h, w = labels.shape
-    if (h, w) == (h0, w0):
-        return labels
-    rows = np.minimum(((np.arange(h0) + 0.5) * (h / h0)).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(w0) + 0.5) * (w / w0)).astype(np.int64), w - 1)
-    return labels[rows[:, None], cols[None, :]]
-
-
-# --------------------------------------------------------------------------------- tiling
-def image_stats(image: np.ndarray) -> tuple[float, float]:
-    """Mean and standard deviation of the whole image in float64, one row block at a time
-    (no full-size float copy), as :func:`cellseg.infer.maps.normalize_image` computes them."""
-    n = image.size
-    total = 0.0
-    for r in range(0, image.shape[0], _ROW_BLOCK):
-        total += float(image[r:r + _ROW_BLOCK].sum(dtype=np.float64))
-    mean = total / n
-    sq = 0.0
-    for r in range(0, image.shape[0], _ROW_BLOCK):
-        d = image[r:r + _ROW_BLOCK].astype(np.float64) - mean
-        sq += float(np.einsum("ij,ij->", d, d))
-    return mean, math.sqrt(sq / n)
-
-
-def normalize_with(block: np.ndarray, mean: float, std: float) -> np.ndarray:
-    """``(block - mean) / std`` as float32 (zeros for a flat image, as training does)."""
-    x = block.astype(np.float64)
-    out = (x - mean) / std if std > 1e-6 else np.zeros_like(x)
-    return out.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class Span:
-    """One tile along one axis: pixels ``[start, stop)``, of which ``[core_lo, core_hi)`` is
-    the part where this tile owns the cells (cores partition the axis)."""
-
-    start: int
-    stop: int
-    core_lo: int
-    core_hi: int
-
-
-def tile_spans(length: int, tile: int, overlap: int, multiple: int = 32) -> list[Span]:
-    """Overlapping tiles covering ``[0, length)``.
-
-    Why aligned: a U-Net is shift-equivariant only for shifts by multiples of its
-    down-sampling factor ``2**depth``; every tile therefore starts at a multiple of
-    ``multiple`` and then sees exactly what the whole-image prediction sees (measured: a
-    tile at an odd offset changes probabilities by up to 0.8 far inside it). The last tile
-    ends at the image end, so it is padded exactly as the whole image is (it may be up to
-    ``multiple - 1`` px longer than the others).
-
-    As few tiles as ``tile`` allows with at least ``overlap`` px shared by neighbours; the
-    tiles are then shrunk to the smallest multiple of ``multiple`` keeping that count (less
-    wasted work: 2,000 px in tiles of 1,024 become 3 tiles of about 800, not 3 of 1,024).
-    The boundary between two cores is the middle of their overlap, so a core lies at least
-    ``overlap // 2`` px inside each of its inner tile edges. ``tile <= 0`` or
-    ``tile >= length`` gives one tile.
-    """
-    if tile <= 0 or tile >= length:
-        return [Span(0, length, 0, length)]
-    if not 0 <= overlap < tile - multiple:
-        raise SegmentError(f"tile overlap {overlap} must be >= 0 and smaller than the tile "
-                           f"({tile}) minus {multiple}")
-
-    def layout(size: int) -> list[int] | None:
-        last = (length - size) // multiple * multiple
-        step_max = (size - overlap) // multiple * multiple
-        if step_max <= 0:
-            return None
-        n = math.ceil(last / step_max) + 1
-        if n == 1:
-            return [0]
-        step = math.ceil(last / (n - 1) / multiple) * multiple
-        return [min(i * step, last) for i in range(n)]
-
-    tile = max(tile // multiple * multiple, multiple)
-    starts = layout(tile)
-    assert starts is not None
-    n = len(starts)
-    size = math.ceil((length + (n - 1) * overlap) / n / multiple) * multiple
-    while size < tile:  # smallest tiles giving the same count
-        cand = layout(size)
-        if cand is not None and len(cand) == n:
-            starts = cand
-            break
-        size += multiple
-    else:
-        size = tile
-    stops = [s + size for s in starts[:-1]] + [length]
-    spans = []
-    for i, (s, e) in enumerate(zip(starts, stops)):
-        lo = 0 if i == 0 else (s + stops[i - 1]) // 2
-        hi = length if i == len(starts) - 1 else (starts[i + 1] + e) // 2
-        spans.append(Span(s, e, lo, hi))
-    return spans
-
-
-def model_multiple(models: Sequence[Any], at_least: int = 32) -> int:
-    """The input-size multiple the models need: ``2**depth`` (what
-    :func:`cellseg.infer.maps.predict_images` pads to), but at least ``at_least``."""
-    out = at_least
-    try:
-        from cellseg.model.network import model_info
-
-        for m in models:
-            out = max(out, 2 ** model_info(m).depth)
-    except (ValueError, ImportError, AttributeError):
-        pass
-    return out
-
-
 @dataclass
 class SegmentResult:
     """One image's segmentation at the input's size, with how it was made."""
@@ -424,10 +250,7 @@ def _cell_type(ens: Any, image: np.ndarray, mean: float, std: float
 
         probs = ensemble_proba(ens.classifiers, [crop])[0]
     else:
-        from cellseg.infer.maps import predict_images
-
-        _, types = predict_images(ens.models, normalize_with(crop, mean, std)[None],
-                                  heads=ens.heads, tta=ens.tta, batch_size=1)
+        _, types = ens.predict_normalized(normalize_with(crop, mean, std)[None], batch_size=1)
         probs = types[0]
     return ens.cell_type(probs), np.asarray(probs, np.float32)
 
@@ -442,8 +265,8 @@ def _compact(labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np
     lut = np.zeros(counts.size, labels.dtype)
     lut[1:][present] = np.arange(1, int(present.sum()) + 1, dtype=labels.dtype)
     conf = np.concatenate([[0.0], confidence[1:][present[:confidence.size - 1]]])
-    for r in range(0, labels.shape[0], _ROW_BLOCK):  # in place: no second full-size array
-        labels[r:r + _ROW_BLOCK] = lut[labels[r:r + _ROW_BLOCK]]
+    for r in range(0, labels.shape[0], ROW_BLOCK):  # in place: no second full-size array
+        labels[r:r + ROW_BLOCK] = lut[labels[r:r + ROW_BLOCK]]
     return labels, conf.astype(np.float32)
 
 
@@ -469,7 +292,6 @@ def segment_array(
     Returns:
         :class:`SegmentResult`.
     """
-    from cellseg.infer.maps import predict_images
 
     timing: dict[str, float] = {"resize": 0.0, "type": 0.0, "model": 0.0, "decode": 0.0,
                                 "stitch": 0.0}
@@ -516,8 +338,7 @@ def segment_array(
             t = time.perf_counter()
             x = np.stack([normalize_with(work[r.start:r.stop, c.start:c.stop], mean, std)
                           for r, c in chunk])
-            probs, _ = predict_images(ens.models, x, heads=ens.heads, tta=ens.tta,
-                                      batch_size=batch)
+            probs, _ = ens.predict_normalized(x, batch_size=batch)
             del x
             timing["model"] += time.perf_counter() - t
             for k, (r, c) in enumerate(chunk):
@@ -584,152 +405,6 @@ def segment_array(
     return SegmentResult(labels=labels, confidence=confidence, cell_type=kind,
                          type_probs=type_probs, model_shape=model_shape, n_tiles=len(tiles),
                          cut_cells=cut, timing=timing)
-
-
-# --------------------------------------------------------------------------------- outputs
-CSV_COLUMNS: tuple[str, ...] = (
-    "id", "area", "centroid_y", "centroid_x", "bbox_min_y", "bbox_min_x", "bbox_max_y",
-    "bbox_max_x", "equivalent_diameter", "mean_intensity", "cell_type", "cell_type_prob",
-    "confidence",
-)
-
-
-def cell_table(labels: np.ndarray, intensity: np.ndarray, confidence: np.ndarray,
-               cell_type: str, cell_type_prob: float = float("nan")):
-    """One row per cell (pixels of the input image; bbox max exclusive), as a DataFrame."""
-    import pandas as pd
-    from skimage.measure import regionprops_table
-
-    if labels.max() == 0:
-        return pd.DataFrame(columns=list(CSV_COLUMNS))
-    props = regionprops_table(
-        labels, intensity_image=intensity,
-        properties=("label", "area", "centroid", "bbox", "equivalent_diameter_area",
-                    "intensity_mean"))
-    ids = props["label"].astype(np.int64)
-    return pd.DataFrame({
-        "id": ids, "area": props["area"].astype(np.int64),
-        "centroid_y": np.round(props["centroid-0"], 2),
-        "centroid_x": np.round(props["centroid-1"], 2),
-        "bbox_min_y": props["bbox-0"], "bbox_min_x": props["bbox-1"],
-        "bbox_max_y": props["bbox-2"], "bbox_max_x": props["bbox-3"],
-        "equivalent_diameter": np.round(props["equivalent_diameter_area"], 3),
-        "mean_intensity": np.round(props["intensity_mean"], 3),
-        "cell_type": cell_type,
-        "cell_type_prob": round(float(cell_type_prob), 4),
-        "confidence": np.round(confidence[ids], 4),
-    }, columns=list(CSV_COLUMNS))
-
-
-def label_dtype(n_cells: int) -> type:
-    """uint16 (what every viewer opens) up to 65,535 cells, uint32 beyond."""
-    return np.uint16 if n_cells <= UINT16_MAX_CELLS else np.uint32
-
-
-def write_label_tiff(path: str | os.PathLike, labels: np.ndarray) -> np.dtype:
-    """Write the label image as a zlib-compressed TIFF (atomically); returns its dtype."""
-    import tifffile
-
-    dtype = label_dtype(int(labels.max()))
-    with fileio.atomic_path(path, suffix=".tmp.tif") as tmp:
-        tifffile.imwrite(tmp, labels.astype(dtype, copy=False), photometric="minisblack",
-                         compression="zlib", metadata={"axes": "YX"})
-    return np.dtype(dtype)
-
-
-def cell_contours(labels: np.ndarray) -> Iterable[tuple[int, np.ndarray]]:
-    """``(id, points)`` per cell: the outer contour (x, y) of its largest piece (OpenCV, on
-    the cell's bounding box only, so the cost follows the cells, not the image)."""
-    from scipy import ndimage
-
-    for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None:
-            continue
-        crop = np.pad((labels[sl] == i).astype(np.uint8), 1)
-        contours, _ = cv2.findContours(crop, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        if not contours:
-            continue
-        pts = max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float64)
-        pts += (sl[1].start - 1, sl[0].start - 1)
-        yield i, pts
-
-
-def write_rois(path: str | os.PathLike, labels: np.ndarray) -> int:
-    """ImageJ ROI zip, one polygon per cell named by its id (as in the CSV and the label
-    image); returns how many were written. Fiji: ROI Manager > More > Open; QuPath: File >
-    Import objects / drag and drop."""
-    from roifile import ImagejRoi, roiwrite
-
-    rois = []
-    for i, pts in cell_contours(labels):
-        if len(pts) < 3:  # a one- or two-pixel cell: a tiny square around it
-            x, y = pts[0]
-            pts = np.array([[x, y], [x + 1, y], [x + 1, y + 1], [x, y + 1]], np.float64)
-        rois.append(ImagejRoi.frompoints(pts, name=f"{i:06d}"))
-    with fileio.atomic_path(path, suffix=".tmp.zip") as tmp:
-        tmp.unlink()
-        if rois:
-            roiwrite(tmp, rois)
-        else:
-            import zipfile
-
-            zipfile.ZipFile(tmp, "w").close()
-    return len(rois)
-
-
-def display_uint8(image: np.ndarray) -> np.ndarray:
-    """Contrast-stretched uint8 copy (0.5-99.5 percentiles) for pictures of any bit depth."""
-    x = image.astype(np.float32)
-    lo, hi = np.percentile(x[:: max(1, x.shape[0] // 1024), :: max(1, x.shape[1] // 1024)],
-                           (0.5, 99.5))
-    if hi <= lo:
-        hi = lo + 1.0
-    return np.clip((x - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
-
-
-def overlay_picture(image: np.ndarray, labels: np.ndarray,
-                    max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
-    """RGB picture: image | cells filled in random colours with white outlines, downsampled
-    so the long side of a panel is at most ``max_side``."""
-    from cellseg.evaluate.viz import outlines
-
-    h, w = image.shape
-    f = min(1.0, max_side / max(h, w))
-    size = (max(1, int(round(h * f))), max(1, int(round(w * f))))
-    small = cv2.resize(image, size[::-1], interpolation=cv2.INTER_AREA) if f < 1 else image
-    gray = display_uint8(small)
-    lab = labels_to_shape(labels, size)
-    rgb = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-    colours = np.random.default_rng(0).integers(60, 256, size=(int(lab.max()) + 1, 3))
-    fill = rgb.copy()
-    m = lab > 0
-    fill[m] = (0.5 * rgb[m] + 0.5 * colours[lab[m]]).astype(np.uint8)
-    fill[outlines(lab)] = (255, 255, 255)
-    sep = np.full((size[0], 4, 3), 255, np.uint8)
-    return np.concatenate([rgb, sep, fill], axis=1)
-
-
-def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
-    """:func:`overlay_picture` as a PNG (atomically)."""
-    pic = overlay_picture(image, labels)
-    with fileio.atomic_path(path, suffix=".tmp.png") as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")
-
-
-def output_paths(out_dir: str | os.PathLike, name: str, rois: bool) -> dict[str, Path]:
-    """Where one image's outputs go (``labels``, ``cells``, ``overlay``, maybe ``rois``)."""
-    out_dir = Path(out_dir)
-    paths = {"labels": out_dir / f"{name}_labels.tif", "cells": out_dir / f"{name}_cells.csv",
-             "overlay": out_dir / f"{name}_overlay.png"}
-    if rois:
-        paths["rois"] = out_dir / f"{name}_rois.zip"
-    return paths
-
-
-def is_done(paths: dict[str, Path]) -> bool:
-    """All outputs present (each is written atomically, so present means complete)."""
-    return all(p.is_file() for p in paths.values())
 
 
 # --------------------------------------------------------------------------------- the run
@@ -866,26 +541,17 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "IMAGE_SUFFIXES",
-    "ImageReadError",
     "ImageRecord",
     "SegmentError",
     "SegmentResult",
-    "cell_table",
     "collect_inputs",
     "format_summary",
-    "image_stats",
-    "is_done",
     "labels_to_shape",
     "output_names",
-    "output_paths",
     "parse_shard",
-    "read_image_any",
     "reference_diameter",
     "run_segment",
     "segment_array",
     "segment_file",
     "shard",
-    "tile_spans",
-    "write_label_tiff",
-    "write_rois",
 ]
