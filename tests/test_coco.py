@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg.data import coco, rle
+from cellseg.data import coco_masks, rle
 from cellseg.data.dataset import TrainData, read_train_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,10 +45,10 @@ def _mask_from(indices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     ((4, 4), [1, 5, 2, 1, 7], "152L5"),
 ])
 def test_compressed_rle_hand_known(shape, counts, text):
-    assert coco.encode_rle_string(counts) == text
-    assert coco.decode_rle_string(text).tolist() == counts
-    idx = coco.counts_to_indices(counts, shape)
-    assert coco.indices_to_counts(idx, shape) == counts
+    assert coco_masks.encode_rle_string(counts) == text
+    assert coco_masks.decode_rle_string(text).tolist() == counts
+    idx = coco_masks.counts_to_indices(counts, shape)
+    assert coco_masks.indices_to_counts(idx, shape) == counts
 
 
 def test_rle_codecs_round_trip_random_masks():
@@ -57,15 +57,15 @@ def test_rle_codecs_round_trip_random_masks():
         h, w = (int(v) for v in rng.integers(1, 30, 2))
         mask = rng.random((h, w)) < rng.random()
         idx = np.flatnonzero(mask.ravel())
-        counts = coco.indices_to_counts(idx, (h, w))
+        counts = coco_masks.indices_to_counts(idx, (h, w))
         assert sum(counts) == h * w
         # Column-major: the counts agree with a Fortran-order ravel.
         col = mask.ravel(order="F")
         assert col[:counts[0]].sum() == 0
-        text = coco.encode_rle_string(counts)
-        back = coco.counts_to_indices(coco.decode_rle_string(text), (h, w))
+        text = coco_masks.encode_rle_string(counts)
+        back = coco_masks.counts_to_indices(coco_masks.decode_rle_string(text), (h, w))
         assert np.array_equal(back, idx)
-        assert coco.indices_to_rle(idx) == rle.encode(mask)
+        assert coco_masks.indices_to_rle(idx) == rle.encode(mask)
 
 
 def test_matches_pycocotools_when_installed():
@@ -76,25 +76,25 @@ def test_matches_pycocotools_when_installed():
         mask = rng.random((h, w)) < rng.random()
         ref = mask_api.encode(np.asfortranarray(mask.astype(np.uint8)))["counts"].decode()
         idx = np.flatnonzero(mask.ravel())
-        assert coco.encode_rle_string(coco.indices_to_counts(idx, (h, w))) == ref
+        assert coco_masks.encode_rle_string(coco_masks.indices_to_counts(idx, (h, w))) == ref
     poly = [2.5, 1.5, 7.5, 1.5, 7.5, 6.5, 2.5, 6.5]
     ref = mask_api.decode(mask_api.merge(mask_api.frPyObjects([poly], 12, 12))).astype(bool)
-    assert np.array_equal(_mask_from(coco.polygon_indices([poly], (12, 12)), (12, 12)), ref)
+    assert np.array_equal(_mask_from(coco_masks.polygon_indices([poly], (12, 12)), (12, 12)), ref)
 
 
 def test_polygon_rasterisation():
     # Integer square: pixels 0..9 x 0..9 exactly.
-    idx = coco.polygon_indices([[0, 0, 10, 0, 10, 10, 0, 10]], (20, 20))
+    idx = coco_masks.polygon_indices([[0, 0, 10, 0, 10, 10, 0, 10]], (20, 20))
     expect = np.zeros((20, 20), bool)
     expect[:10, :10] = True
     assert np.array_equal(_mask_from(idx, (20, 20)), expect)
     # Two polygons of one cell are united; one leaving the image is clipped.
-    idx = coco.polygon_indices([[0, 0, 2, 0, 2, 2, 0, 2], [8, 8, 30, 8, 30, 30, 8, 30]],
+    idx = coco_masks.polygon_indices([[0, 0, 2, 0, 2, 2, 0, 2], [8, 8, 30, 8, 30, 30, 8, 30]],
                                (10, 12))
     m = _mask_from(idx, (10, 12))
     assert m[:2, :2].all() and m[8:, 8:].all() and m.sum() == 4 + 2 * 4
     # A bare polygon (flat list) is accepted.
-    assert coco.segmentation_indices([0, 0, 3, 0, 3, 3, 0, 3], (5, 5)).size == 9
+    assert coco_masks.segmentation_indices([0, 0, 3, 0, 3, 3, 0, 3], (5, 5)).size == 9
 
 
 # --------------------------------------------------------------------------------------------
@@ -122,8 +122,8 @@ def _write_dataset(tmp: Path, annotations_as_dict: bool = True) -> tuple[Path, P
     sq[5:15, 20:30] = True
     overlap = np.zeros((31, 50), bool)
     overlap[10:20, 25:35] = True  # overlaps sq on a 5x5 patch
-    sq_counts = coco.indices_to_counts(np.flatnonzero(sq.ravel()), (31, 50))
-    ov_counts = coco.indices_to_counts(np.flatnonzero(overlap.ravel()), (31, 50))
+    sq_counts = coco_masks.indices_to_counts(np.flatnonzero(sq.ravel()), (31, 50))
+    ov_counts = coco_masks.indices_to_counts(np.flatnonzero(overlap.ravel()), (31, 50))
     anns = [
         {"id": 1, "image_id": 10, "category_id": 1, "iscrowd": 0,
          "segmentation": [[2, 3, 12, 3, 12, 8, 2, 8]]},                          # polygon
@@ -134,7 +134,7 @@ def _write_dataset(tmp: Path, annotations_as_dict: bool = True) -> tuple[Path, P
         {"id": 4, "image_id": 11, "category_id": 1, "iscrowd": 0,
          "segmentation": {"size": [31, 50], "counts": sq_counts}},              # uncompressed
         {"id": 5, "image_id": 11, "category_id": 1, "iscrowd": 0,
-         "segmentation": {"size": [31, 50], "counts": coco.encode_rle_string(ov_counts)}},
+         "segmentation": {"size": [31, 50], "counts": coco_masks.encode_rle_string(ov_counts)}},
         {"id": 6, "image_id": 11, "category_id": 1, "iscrowd": 1,
          "segmentation": {"size": [31, 50], "counts": [0, 31 * 50]}},          # crowd: dropped
     ]
