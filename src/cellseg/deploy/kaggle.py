@@ -21,6 +21,10 @@ without ``--dir-mode zip`` the Kaggle CLI skips sub-folders)::
 The package is built in a temporary folder beside the destination and renamed into place at
 the end, so an interrupted build never leaves a half-package that looks complete; an existing
 package is replaced only with ``overwrite=True``, and only if it is one (it has a manifest).
+
+One module (~620 lines) on purpose: the builder and the kernel-side readers
+(:func:`verify_package`, :func:`find_experiment`, :func:`resolve_packaged_config`) are the two
+sides of one folder format, kept together so that they cannot drift apart.
 """
 
 from __future__ import annotations
