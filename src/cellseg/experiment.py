@@ -1,7 +1,7 @@
 """An experiment folder's layout: the one place that names its folders and files.
 
-Every command reads or writes ``<output_dir>/<exp>/`` through these names (docs/design.md,
-"Experiment folder"); a file's name is spelled nowhere else::
+Every command reads or writes ``<output_dir>/<exp>/`` through these names (docs/design.md
+section 9); a file's name is spelled nowhere else::
 
     output/<exp>/
       fold<K>/                   one training run (train.py --fold K)
