@@ -35,6 +35,7 @@ import yaml
 
 from cellseg import fileio
 from cellseg.exceptions import ExportError
+from cellseg.experiment import CLASSIFIER_FILE, POSTPROCESS_FILE
 from cellseg.model.readout import parse_heads, seg_name, seg_names
 
 TOLERANCE = 1e-4
@@ -282,12 +283,12 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
             check("onnx", lambda: run_onnx(path, x))
 
     params_doc = {"method": "deep", "experiment": Path(exp_dir).name, "source": (
-        "tuned (postprocess.yaml)" if (Path(exp_dir) / "postprocess.yaml").is_file()
+        f"tuned ({POSTPROCESS_FILE})" if (Path(exp_dir) / POSTPROCESS_FILE).is_file()
         else "config defaults (not tuned)"),
         "cell_types": {t: {"params": dict(ens.params[t])} for t in CELL_TYPES}}
-    fileio.write_text(out_dir / "postprocess.yaml", yaml.safe_dump(params_doc, sort_keys=False))
+    fileio.write_text(out_dir / POSTPROCESS_FILE, yaml.safe_dump(params_doc, sort_keys=False))
     for fold, model_path in ens.model_files:
-        clf = Path(model_path).parent / "cell_type_classifier.json"
+        clf = Path(model_path).parent / CLASSIFIER_FILE
         if clf.is_file():
             fileio.write_text(out_dir / f"cell_type_classifier_fold{fold}.json",
                               clf.read_text())

@@ -230,11 +230,11 @@ def build_model(
     head_levels = range(1, depth + 1) if cfg.deep_supervision else [depth]
     for j in head_levels:
         i, col = head_nodes[j]
-        logits = layers.Conv2D(cfg.n_targets, 1, name=f"seg{j}_logits")(nodes[(i, col)])
+        logits = layers.Conv2D(cfg.n_targets, 1, name=f"{seg_name(j)}_logits")(nodes[(i, col)])
         if i > 0:
             # Upsample logits (cheap: n_targets channels) rather than features.
             logits = layers.UpSampling2D(
-                2**i, interpolation="bilinear", name=f"seg{j}_upsample"
+                2**i, interpolation="bilinear", name=f"{seg_name(j)}_upsample"
             )(logits)
         outputs[seg_name(j)] = layers.Activation("sigmoid", dtype="float32", name=seg_name(j))(
             logits

@@ -106,7 +106,7 @@ class EvalSet:
 
 
 
-def _parse_folds(folds: Iterable[int] | None) -> list[int] | None:
+def parse_folds(folds: Iterable[int] | None) -> list[int] | None:
     if folds is None:
         return None
     out = sorted({int(f) for f in folds})
@@ -143,7 +143,7 @@ def collect_oof(exp_dir: str | os.PathLike, data: TrainData,
             ``train.csv`` does not know, or one id in two folds.
     """
     exp_dir = Path(exp_dir)
-    folds = _parse_folds(folds)
+    folds = parse_folds(folds)
     found = list(oof.iter_oof_files(exp_dir, folds))
     if not found:
         which = f"folds {folds}" if folds else "any fold"
@@ -217,7 +217,7 @@ def load_eval_sets(
     if method not in METHODS:
         raise TuningError(f"method must be one of {list(METHODS)}, got {method!r}")
     wanted = _check_cell_types(cell_types)
-    folds = _parse_folds(folds)
+    folds = parse_folds(folds)
     if data is None:
         try:
             data = TrainData(cfg.data.root)

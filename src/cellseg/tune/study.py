@@ -47,7 +47,7 @@ from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import TrainData
 from cellseg.exceptions import TuningError
-from cellseg.experiment import BEST_MODEL, POSTPROCESS_FILE
+from cellseg.experiment import BEST_MODEL, POSTPROCESS_FILE, RESULT_FILE
 from cellseg.postprocess.decode import (
     CLASSICAL_DEFAULTS,
     CLASSICAL_SEARCH_SPACE,
@@ -55,7 +55,7 @@ from cellseg.postprocess.decode import (
     SearchRange,
     suggest_params,
 )
-from cellseg.tune.eval_sets import METHODS, EvalSet, _parse_folds, load_eval_sets
+from cellseg.tune.eval_sets import METHODS, EvalSet, load_eval_sets, parse_folds
 from cellseg.tune.scoring import Evaluator
 from cellseg.tune.storage import (
     default_storage,
@@ -364,7 +364,7 @@ def tuned_on(exp_dir: Path, folds: Sequence[int], method: str) -> dict[str, Any]
     heads, tta, models = set(), set(), {}
     for k in folds:
         fold_dir = experiment.fold_dir(exp_dir, k)
-        result = fold_dir / "result.json"
+        result = fold_dir / RESULT_FILE
         if result.is_file():
             try:
                 r = json.loads(result.read_text())
@@ -440,7 +440,7 @@ def run_tuning(
     if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
         raise TuningError(f"n_jobs must be an integer >= 1, got {n_jobs!r}")
     exp_dir = cfg.experiment_dir()
-    folds = _parse_folds(folds)
+    folds = parse_folds(folds)
     parse_storage(storage, exp_dir)  # fail on a typo before loading the images
     sets = load_eval_sets(cfg, method, folds, cell_types, data=data, log=log)
     defaults = method_defaults(cfg, method)
