@@ -406,7 +406,7 @@ def check_config(cfg: Config) -> None:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (atomically)."""
-    fileio.write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    fileio.write_yaml(path, cfg.to_dict())
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

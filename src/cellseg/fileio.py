@@ -11,6 +11,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,6 +76,24 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def write_yaml(path: str | os.PathLike, doc: Any) -> None:
+    """The one YAML writer: ``yaml.safe_dump`` in the document's own key order, atomically."""
+    import yaml
+
+    write_text(path, yaml.safe_dump(doc, sort_keys=False))
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """``yaml.safe_load`` of a file (untrusted input: no Python objects); ``{}`` when empty.
+
+    Raises:
+        OSError: unreadable file; yaml.YAMLError: not YAML (callers name the file).
+    """
+    import yaml
+
+    return yaml.safe_load(Path(path).read_text()) or {}
 
 
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:

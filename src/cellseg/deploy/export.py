@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cellseg import fileio
 from cellseg.exceptions import ExportError
@@ -286,7 +285,7 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
         f"tuned ({POSTPROCESS_FILE})" if (Path(exp_dir) / POSTPROCESS_FILE).is_file()
         else "config defaults (not tuned)"),
         "cell_types": {t: {"params": dict(ens.params[t])} for t in CELL_TYPES}}
-    fileio.write_text(out_dir / POSTPROCESS_FILE, yaml.safe_dump(params_doc, sort_keys=False))
+    fileio.write_yaml(out_dir / POSTPROCESS_FILE, params_doc)
     for fold, model_path in ens.model_files:
         clf = Path(model_path).parent / CLASSIFIER_FILE
         if clf.is_file():

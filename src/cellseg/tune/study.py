@@ -331,7 +331,7 @@ def _merge_existing(path: Path, method: str, tuned: Iterable[str]) -> dict[str, 
     if not path.is_file():
         return {}
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = fileio.read_yaml(path)
     except yaml.YAMLError:
         return {}
     if not isinstance(doc, dict) or doc.get("method") != method:
@@ -478,7 +478,7 @@ def run_tuning(
         "optuna": optuna.__version__,
         "cell_types": {t: entries[t] for t in CELL_TYPES if t in entries},
     }
-    fileio.write_text(out_path, yaml.safe_dump(doc, sort_keys=False))
+    fileio.write_yaml(out_path, doc)
     return TuningReport(method=method, results=results, output_path=out_path, storage=label,
                         doc=doc)
 

@@ -56,7 +56,7 @@ def load_params(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
                           stacklevel=2)
         return params
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = fileio.read_yaml(path)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML ({exc})") from None
     types = doc.get("cell_types") if isinstance(doc, dict) else None
@@ -93,7 +93,7 @@ def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
     if not path.is_file():
         return []
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = fileio.read_yaml(path)
     except yaml.YAMLError:
         return []
     if not isinstance(doc, dict):
@@ -121,5 +121,5 @@ def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
 def save_params(exp_dir: str | os.PathLike, doc: dict[str, Any]) -> Path:
     """Write ``postprocess.yaml`` atomically; returns its path."""
     path = Path(exp_dir) / POSTPROCESS_FILE
-    fileio.write_text(path, yaml.safe_dump(doc, sort_keys=False))
+    fileio.write_yaml(path, doc)
     return path
