@@ -11,11 +11,11 @@ import pytest
 
 from cellseg.data import rle
 from cellseg.data.dataset import DataError
+from cellseg.data.images import image_size
 from cellseg.infer.submission import (
     SubmissionError,
     folder_image_shapes,
     image_rows,
-    read_image_shape,
     validate_submission,
     write_submission,
 )
@@ -49,7 +49,7 @@ def frame(rows) -> pd.DataFrame:
 
 def test_shapes_from_png_headers(test_dir):
     assert folder_image_shapes(test_dir) == {"a": (H, W), "b": (12, 16)}
-    assert read_image_shape(test_dir / "b.png") == (12, 16)
+    assert image_size(test_dir / "b.png") == (12, 16)
 
 
 def test_accepts_a_good_file(test_dir, tmp_path):

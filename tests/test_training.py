@@ -89,6 +89,50 @@ def test_training_writes_every_output(trained):
     clf = CellTypeClassifier.load(fold_dir / CLASSIFIER_FILE)
     assert sum(clf.n_train.values()) == 9 - len(val_ids)
     assert "[epoch 2/2]" in proc.stdout
+    # best.keras (inference) is saved without optimizer state; last.keras (--resume) with it.
+    assert "optimizer" not in saved_weight_groups(fold_dir / "best.keras")
+    assert "optimizer" in saved_weight_groups(fold_dir / "last.keras")
+
+
+def saved_weight_groups(path: Path) -> list[str]:
+    """Top-level groups of a ``.keras`` file's weights (``layers``, ``optimizer``, ...)."""
+    import io
+    import zipfile
+
+    import h5py
+
+    with zipfile.ZipFile(path) as archive:
+        data = archive.read("model.weights.h5")
+    with h5py.File(io.BytesIO(data), "r") as weights:
+        return list(weights.keys())
+
+
+def test_warmup_cosine_values_and_older_checkpoints_reload(tmp_path):
+    """The schedule's values (warm-up reaches the peak at step W - 1, one step before
+    keras' CosineDecay would), and a checkpoint naming ``cellseg>WarmupCosine`` -- what
+    every last.keras so far holds -- reloads with its schedule, as --resume needs."""
+    import zipfile
+
+    import keras
+
+    from cellseg.train.schedules import WarmupCosine
+
+    schedule = WarmupCosine(1e-3, warmup_steps=4, total_steps=14, floor=0.01)
+    lr = [float(schedule(step)) for step in range(16)]
+    np.testing.assert_allclose(lr[:4], [2.5e-4, 5e-4, 7.5e-4, 1e-3], rtol=1e-6)
+    assert lr[4] == pytest.approx(1e-3) and lr[9] == pytest.approx(1e-3 * (0.01 + 0.99 * 0.5))
+    assert lr[14] == lr[15] == pytest.approx(1e-5)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=schedule), loss="mse")
+    model.train_on_batch(np.ones((2, 2), np.float32), np.ones((2, 1), np.float32))
+    model.save(tmp_path / "last.keras")
+    with zipfile.ZipFile(tmp_path / "last.keras") as archive:
+        assert '"registered_name": "cellseg>WarmupCosine"' in archive.read("config.json").decode()
+    loaded = keras.saving.load_model(tmp_path / "last.keras")
+    assert loaded.optimizer.get_config()["learning_rate"]["config"] == schedule.get_config()
+    assert int(loaded.optimizer.iterations) == 1
+    assert float(loaded.optimizer.learning_rate) == pytest.approx(lr[1])
 
 
 def test_saved_model_reloads_and_predicts_the_same(trained):

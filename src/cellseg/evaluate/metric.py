@@ -52,7 +52,8 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     which the error overlays need to colour cells by their original labels.
 
     A look-up table over the id range (``bincount``) instead of ``np.unique``'s sort: 20x
-    faster on a 520x704 image, which dominates the per-trial cost of tuning.
+    faster on a 520x704 image, which dominates the per-trial cost of tuning. Not
+    ``skimage.segmentation.relabel_sequential`` (same labels): 7x slower (2.7 vs 18.9 ms).
     """
     flat = labels.ravel().astype(np.int64, copy=False)
     if flat.size == 0:

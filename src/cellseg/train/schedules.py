@@ -13,6 +13,11 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warm-up to ``peak`` over ``warmup_steps``, then cosine decay to ``peak * floor``.
 
     A schedule of the optimizer step, so it continues exactly after ``--resume``.
+
+    Not ``keras.optimizers.schedules.CosineDecay(0, T - W, alpha=floor, warmup_target=peak,
+    warmup_steps=W)``: its decay is the same, but its warm-up is one step later (step ``k``
+    gets ``peak * k / W``, so the first batch trains at lr 0); every checkpoint so far also
+    names ``cellseg>WarmupCosine``.
     """
 
     def __init__(self, peak: float, warmup_steps: int, total_steps: int, floor: float = 0.01):
