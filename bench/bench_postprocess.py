@@ -41,7 +41,8 @@ from scipy import ndimage  # noqa: E402
 
 from cellseg import fileio  # noqa: E402
 from cellseg.evaluate.metric import image_score  # noqa: E402
-from cellseg.postprocess.decode import classical_segment, decode_instances  # noqa: E402
+from cellseg.postprocess.classical import classical_segment
+from cellseg.postprocess.decode import decode_instances  # noqa: E402
 
 HEIGHT, WIDTH = 520, 704
 

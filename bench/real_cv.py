@@ -95,7 +95,7 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
     import numpy as np
     import optuna
 
-    from cellseg.postprocess.decode import DEEP_SEARCH_SPACE
+    from cellseg.postprocess.search_space import DEEP_SEARCH_SPACE
     from cellseg.tune.eval_sets import EvalSet
     from cellseg.tune.scoring import Evaluator
     from cellseg.tune.study import method_defaults, tune_cell_type

@@ -10,16 +10,17 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from cellseg.config import PostprocessParams
+from cellseg.postprocess.classical import CLASSICAL_DEFAULTS, classical_segment
 from cellseg.postprocess.decode import (
-    CLASSICAL_DEFAULTS,
-    CLASSICAL_SEARCH_SPACE,
     DEEP_DEFAULTS,
-    DEEP_SEARCH_SPACE,
-    SearchRange,
-    classical_segment,
     decode_instances,
     decode_with_params,
     fill_holes_per_instance,
+)
+from cellseg.postprocess.search_space import (
+    CLASSICAL_SEARCH_SPACE,
+    DEEP_SEARCH_SPACE,
+    SearchRange,
     suggest_params,
 )
 

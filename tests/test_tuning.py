@@ -29,7 +29,7 @@ from cellseg.data.dataset import TrainData
 from cellseg.data.folds import load_folds
 from cellseg.exceptions import TuningError
 from cellseg.model.targets import make_targets
-from cellseg.postprocess.decode import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
+from cellseg.postprocess.search_space import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
 from cellseg.train import oof
 from cellseg.tune import tuned_params as tuned
 from cellseg.tune.eval_sets import load_eval_sets

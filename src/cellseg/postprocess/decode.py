@@ -17,9 +17,9 @@ Every step is a whole-image vectorised operation (``scipy.ndimage``, ``skimage``
 ``bincount`` look-up tables); nothing loops over cells in Python, so an image with hundreds of
 cells decodes in tens of milliseconds on one core.
 
-Also here: :func:`classical_segment`, the "traditional algorithm" baseline (background
-flattening, Otsu, distance-transform watershed) that produces the same output from the raw
-image, and the search spaces that ``tune.py`` (Optuna) samples for both.
+The "traditional algorithm" baseline (:mod:`cellseg.postprocess.classical`) produces the same
+output from the raw image; :mod:`cellseg.postprocess.search_space` holds what ``tune.py``
+(Optuna) samples for both.
 
 The output is always an ``int32`` label image: 0 = background, cells 1..n consecutive. A label
 image cannot hold two cells on one pixel, so the submission's "no overlapping masks" rule holds
@@ -33,14 +33,10 @@ import inspect
 import numbers
 import types
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 from scipy import ndimage
-from skimage.feature import peak_local_max
-from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
 from cellseg.config import PostprocessParams
@@ -290,6 +286,19 @@ def decode_instances(
     return _drop_small(labels, min_area)
 
 
+def _signature_defaults(fn: Any) -> dict[str, Any]:
+    """Keyword defaults of ``fn`` (one source of truth: the signature itself)."""
+    return {
+        name: p.default
+        for name, p in inspect.signature(fn).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+#: Defaults of :func:`decode_instances`' knobs (read-only).
+DEEP_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(_signature_defaults(decode_instances))
+
+
 def decode_with_params(
     probs: np.ndarray,
     params: PostprocessParams | Mapping[str, Any] | None = None,
@@ -332,254 +341,9 @@ def decode_with_params(
     return decode_instances(probs, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# Classical baseline
-# --------------------------------------------------------------------------------------------
-
-_POLARITIES = ("dark", "abs", "bright")
-
-
-def _check_image(image: Any) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[..., 0]
-    if image.ndim != 2:
-        raise ValueError(f"image must be a 2-D grayscale array H x W, got shape {image.shape}")
-    if image.size == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise ValueError(f"image must be uint8 (or another numeric dtype), got {image.dtype}")
-    img = image.astype(np.float32)
-    if not np.isfinite(img).all():
-        raise ValueError("image contains NaN or infinite values")
-    return img
-
-
-def _gaussian(img: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian blur; large sigmas run on a downsampled copy (same result, 10x faster)."""
-    if sigma <= 0:
-        return img
-    factor = int(sigma // 4)
-    h, w = img.shape
-    if factor >= 2 and min(h, w) // factor >= 8:
-        small = cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
-        small = cv2.GaussianBlur(small, (0, 0), sigma / factor, borderType=cv2.BORDER_REFLECT)
-        return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-
-
-def classical_segment(
-    image: np.ndarray,
-    background_sigma: float = 30.0,
-    smooth_sigma: float = 2.0,
-    polarity: str = "dark",
-    threshold_scale: float = 1.0,
-    open_radius: int = 2,
-    min_distance: int = 6,
-    min_area: int = 30,
-) -> np.ndarray:
-    """Classical (no learning) cell instance segmentation of a phase-contrast image.
-
-    Why it exists: the paper compares the deep model with a "traditional algorithm"; this is
-    that baseline, with the same output as :func:`decode_instances` so the same scorer,
-    submission writer and tuner (``CLASSICAL_SEARCH_SPACE``) apply.
-
-    Steps: subtract a large Gaussian blur (flattens uneven illumination); take the deviation
-    from that background (phase-contrast cells are dark bodies with bright halos: the default
-    keeps the dark side, because counting the halo inflates every mask by the halo's width and
-    pushes small cells under IoU 0.5; ``polarity="abs"`` keeps both); smooth it so cell
-    interiors fill in; Otsu threshold (scaled);
-    morphological opening (removes halo fringes and thin neurites) and hole filling; distance
-    transform; ``peak_local_max`` seeds at least ``min_distance`` apart; watershed of the
-    negated distance inside the mask; instances under ``min_area`` dropped.
-
-    Args:
-        image: 2-D grayscale image H x W (uint8 in the competition; any numeric dtype works).
-        background_sigma: sigma (px) of the Gaussian background estimate; larger than a cell.
-        smooth_sigma: sigma (px) smoothing the deviation map; 0 = none.
-        polarity: "dark" = only darker than background (cell bodies), "abs" =
-            |image - background| (bodies and halos), "bright" = only brighter.
-        threshold_scale: multiplies the Otsu threshold (< 1 = larger, more masks).
-        open_radius: radius (px) of the disk used to open the mask; 0 = no opening.
-        min_distance: minimum distance (px) between seeds; about a cell's radius.
-        min_area: instances with fewer pixels are removed.
-
-    Returns:
-        int32 label image H x W: 0 = background, instances 1..n consecutive.
-
-    Raises:
-        ValueError: not a 2-D numeric image, or a parameter out of range.
-    """
-    img = _check_image(image)
-    background_sigma = _check_float("background_sigma", background_sigma, strict=True)
-    smooth_sigma = _check_float("smooth_sigma", smooth_sigma)
-    if polarity not in _POLARITIES:
-        raise ValueError(f"polarity must be one of {_POLARITIES}, got {polarity!r}")
-    threshold_scale = _check_float("threshold_scale", threshold_scale, strict=True)
-    open_radius = _check_int("open_radius", open_radius)
-    min_distance = _check_int("min_distance", min_distance, low=1)
-    min_area = _check_int("min_area", min_area)
-
-    diff = img - _gaussian(img, background_sigma)
-    if polarity == "abs":
-        dev = np.abs(diff)
-    elif polarity == "dark":
-        dev = np.maximum(-diff, 0.0)
-    else:
-        dev = np.maximum(diff, 0.0)
-    dev = _gaussian(dev, smooth_sigma)
-    # A flat image has nothing to find (its "deviation" is float rounding of the blur only).
-    if float(dev.max()) <= 1e-3 * max(float(np.abs(img).max()), 1e-12):
-        return np.zeros(img.shape, np.int32)
-    mask = dev > threshold_otsu(dev) * threshold_scale
-    if open_radius > 0:
-        kernel = cv2.getStructuringElement(
-            cv2.MORPH_ELLIPSE, (2 * open_radius + 1, 2 * open_radius + 1)
-        )
-        mask = cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel).astype(bool)
-    mask = ndimage.binary_fill_holes(mask)
-    if not mask.any():
-        return np.zeros(img.shape, np.int32)
-
-    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 5)
-    # A light blur removes the one-pixel ridges of the distance map that give spurious peaks.
-    dist = cv2.GaussianBlur(dist, (0, 0), 1.0) * mask
-    regions, _ = ndimage.label(mask)
-    peaks = peak_local_max(
-        dist, min_distance=min_distance, labels=regions, exclude_border=False
-    )
-    markers = np.zeros(img.shape, np.int32)
-    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    labels = watershed(-dist, markers, mask=mask).astype(np.int32, copy=False)
-    # A region whose distance map is flat has no strict peak; keep it whole.
-    orphans, n_orphans = ndimage.label(mask & (labels == 0))
-    if n_orphans:
-        labels = np.where(orphans > 0, orphans + int(labels.max()), labels).astype(np.int32)
-    return _drop_small(labels, min_area)
-
-
-# --------------------------------------------------------------------------------------------
-# Defaults and search spaces (what tune.py's Optuna study samples)
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SearchRange:
-    """The range of one tunable knob, in Optuna's terms.
-
-    Attributes:
-        kind: "float", "int" or "categorical".
-        low, high: inclusive bounds for "float" / "int".
-        log: sample on a log scale (bounds must be > 0).
-        choices: the options for "categorical".
-    """
-
-    kind: str
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    choices: tuple[Any, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind in ("float", "int"):
-            if self.low is None or self.high is None or self.low > self.high:
-                raise ValueError(f"SearchRange({self.kind}): need low <= high, got "
-                                 f"{self.low}, {self.high}")
-            if self.log and self.low <= 0:
-                raise ValueError(f"SearchRange: log scale needs low > 0, got {self.low}")
-        elif self.kind == "categorical":
-            if not self.choices:
-                raise ValueError("SearchRange(categorical): choices must not be empty")
-        else:
-            raise ValueError(f"SearchRange.kind must be float, int or categorical, "
-                             f"got {self.kind!r}")
-
-    def suggest(self, trial: Any, name: str) -> Any:
-        """Sample this knob from an Optuna ``trial`` (duck-typed: no optuna import here)."""
-        if self.kind == "float":
-            return trial.suggest_float(name, self.low, self.high, log=self.log)
-        if self.kind == "int":
-            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_categorical(name, list(self.choices))
-
-    def contains(self, value: Any) -> bool:
-        """Whether ``value`` lies in this range (used to check saved, tuned parameters)."""
-        if self.kind == "categorical":
-            return value in self.choices
-        return self.low <= value <= self.high
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict (for YAML/JSON reports)."""
-        if self.kind == "categorical":
-            return {"kind": self.kind, "choices": list(self.choices)}
-        return {"kind": self.kind, "low": self.low, "high": self.high, "log": self.log}
-
-
-def _signature_defaults(fn: Any) -> dict[str, Any]:
-    """Keyword defaults of ``fn`` (one source of truth: the signature itself)."""
-    return {
-        name: p.default
-        for name, p in inspect.signature(fn).parameters.items()
-        if p.default is not inspect.Parameter.empty
-    }
-
-
-#: Defaults of :func:`decode_instances`' knobs (read-only).
-DEEP_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(_signature_defaults(decode_instances))
-
-#: Defaults of :func:`classical_segment`'s parameters (read-only).
-CLASSICAL_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
-    _signature_defaults(classical_segment)
-)
-
-#: What Optuna tunes per cell type for the deep model (``compactness`` and ``connectivity``
-#: stay at their defaults: they rarely matter once the border channel separates cells).
-DEEP_SEARCH_SPACE: Mapping[str, SearchRange] = types.MappingProxyType({
-    "seed_threshold": SearchRange("float", 0.2, 0.9),
-    "mask_threshold": SearchRange("float", 0.1, 0.7),
-    "min_seed_area": SearchRange("int", 1, 100, log=True),
-    "min_area": SearchRange("int", 1, 300, log=True),
-    "keep_unseeded": SearchRange("categorical", choices=(True, False)),
-    "fill_holes": SearchRange("categorical", choices=(True, False)),
-})
-
-#: What Optuna tunes per cell type for the classical baseline.
-CLASSICAL_SEARCH_SPACE: Mapping[str, SearchRange] = types.MappingProxyType({
-    "background_sigma": SearchRange("float", 8.0, 80.0, log=True),
-    "smooth_sigma": SearchRange("float", 0.0, 4.0),
-    "polarity": SearchRange("categorical", choices=_POLARITIES),
-    "threshold_scale": SearchRange("float", 0.5, 1.5),
-    "open_radius": SearchRange("int", 0, 5),
-    "min_distance": SearchRange("int", 2, 20),
-    "min_area": SearchRange("int", 5, 300, log=True),
-})
-
-
-def suggest_params(trial: Any, space: Mapping[str, SearchRange], prefix: str = "") -> dict:
-    """Sample every knob of ``space`` from an Optuna trial.
-
-    Args:
-        trial: an ``optuna.Trial`` (anything with ``suggest_float/int/categorical``).
-        space: e.g. :data:`DEEP_SEARCH_SPACE` or :data:`CLASSICAL_SEARCH_SPACE`.
-        prefix: prepended to Optuna's parameter names (e.g. ``"shsy5y."``) so one study can
-            tune several cell types; the returned keys have no prefix.
-
-    Returns:
-        ``{knob: value}``, ready for ``decode_with_params`` or ``classical_segment(**...)``.
-    """
-    return {name: rng.suggest(trial, f"{prefix}{name}") for name, rng in space.items()}
-
-
 __all__ = [
-    "CLASSICAL_DEFAULTS",
-    "CLASSICAL_SEARCH_SPACE",
     "DEEP_DEFAULTS",
-    "DEEP_SEARCH_SPACE",
-    "SearchRange",
-    "classical_segment",
     "decode_instances",
     "decode_with_params",
     "fill_holes_per_instance",
-    "suggest_params",
 ]

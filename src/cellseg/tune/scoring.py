@@ -20,7 +20,8 @@ import numpy as np
 
 from cellseg.evaluate.metric import match
 from cellseg.exceptions import TuningError
-from cellseg.postprocess.decode import classical_segment, decode_with_params
+from cellseg.postprocess.classical import classical_segment
+from cellseg.postprocess.decode import decode_with_params
 from cellseg.train import oof
 from cellseg.tune.eval_sets import EvalSet
 

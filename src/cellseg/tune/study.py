@@ -9,11 +9,11 @@ OOF images of that type (:mod:`cellseg.tune.eval_sets`), maximising the competit
 One Optuna study per (experiment, method, cell type, OOF maps), named by
 :func:`~cellseg.tune.storage.study_name`:
 
-* ``method="deep"``: :data:`~cellseg.postprocess.decode.DEEP_SEARCH_SPACE` knobs of
+* ``method="deep"``: :data:`~cellseg.postprocess.search_space.DEEP_SEARCH_SPACE` knobs of
   :func:`~cellseg.postprocess.decode.decode_instances` on the OOF body / border maps;
-* ``method="classical"``: :data:`~cellseg.postprocess.decode.CLASSICAL_SEARCH_SPACE` of
-  :func:`~cellseg.postprocess.decode.classical_segment` on the raw training images of the same ids
-  (the paper's "traditional algorithm" row).
+* ``method="classical"``: :data:`~cellseg.postprocess.search_space.CLASSICAL_SEARCH_SPACE` of
+  :func:`~cellseg.postprocess.classical.classical_segment` on the raw training images of the
+  same ids (the paper's "traditional algorithm" row).
 
 The defaults (config ``postprocess`` section, or the classical function's defaults) are
 enqueued as the study's first trial, so the best parameters are never worse than the defaults
@@ -48,8 +48,8 @@ from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import TrainData
 from cellseg.exceptions import TuningError
 from cellseg.experiment import BEST_MODEL, POSTPROCESS_FILE, RESULT_FILE
-from cellseg.postprocess.decode import (
-    CLASSICAL_DEFAULTS,
+from cellseg.postprocess.classical import CLASSICAL_DEFAULTS
+from cellseg.postprocess.search_space import (
     CLASSICAL_SEARCH_SPACE,
     DEEP_SEARCH_SPACE,
     SearchRange,
