@@ -289,7 +289,7 @@ class Bench:
 
         from cellseg import fileio
         from cellseg.evaluate.viz import plot_curves
-        from cellseg.train.trainer import FoldMonitor, validate_images
+        from cellseg.train.monitor import FoldMonitor, validate_images
 
         fold_dir = self.tmp / "output" / "fold0"
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -341,7 +341,7 @@ class Bench:
         import pandas as pd
 
         from cellseg.evaluate.viz import plot_curves
-        from cellseg.train.trainer import validate_images
+        from cellseg.train.monitor import validate_images
 
         steps = self.steps
         self.steps = 2

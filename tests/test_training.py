@@ -223,18 +223,18 @@ def test_curves_drawn_on_scored_epochs_and_at_the_end(tmp_path, monkeypatch):
     import keras
 
     from cellseg.config import config_from_dict
-    from cellseg.train import trainer as training
+    from cellseg.train import monitor as monitoring
 
     cfg = config_from_dict({"name": "t", "train": {"epochs": 5, "score_every": 2}})
     drawn: list[int] = []
-    monkeypatch.setattr(training, "plot_curves",
+    monkeypatch.setattr(monitoring, "plot_curves",
                         lambda history, path, title="": drawn.append(int(history["epoch"].max())))
-    monkeypatch.setattr(training, "validate_images",
+    monkeypatch.setattr(monitoring, "validate_images",
                         lambda *a, **k: ({"val_score": 0.5, "val_loss": 1.0}, None, None))
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     state = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
-    monitor = training.FoldMonitor(cfg, tmp_path, [], state, [], write=True)
+    monitor = monitoring.FoldMonitor(cfg, tmp_path, [], state, [], write=True)
     monitor.set_model(model)
     for epoch in range(5):
         monitor.on_epoch_begin(epoch)

@@ -16,6 +16,7 @@ section 9); a file's name is spelled nowhere else::
       fold<K>.replaced/          the finished run an --overwrite is replacing (until it ends)
       tuning.db                  Optuna storage of tune.py
       postprocess.yaml           tuned post-processing, read by infer/segment/package
+      postprocess_classical.yaml the classical baseline's (tune.py --method classical)
 
 Like StarDist's model folder, the config that made a model is saved beside it, so every later
 command rebuilds the experiment from the folder (:func:`resolve_config`), not from a YAML file
@@ -50,6 +51,7 @@ REPLACED_SUFFIX = ".replaced"
 # per experiment
 TUNING_DB = "tuning.db"
 POSTPROCESS_FILE = "postprocess.yaml"
+CLASSICAL_POSTPROCESS_FILE = "postprocess_classical.yaml"  # tune.py --method classical
 
 _FOLD_RE = re.compile(r"^fold(\d+)$")
 

@@ -37,6 +37,14 @@ import yaml
 
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, DEFAULT_DATA_DIR
+from cellseg.experiment import (
+    CLASSICAL_POSTPROCESS_FILE,
+    CURVES_FILE,
+    POSTPROCESS_FILE,
+    RESULT_FILE,
+    SAVED_CONFIG,
+    fold_dirs,
+)
 
 REPORT_FILE = "report.md"
 DEFAULT_ABLATION = Path(__file__).resolve().parents[3] / "bench" / "results" / "ablation.md"
@@ -219,25 +227,17 @@ def _samples_section(page: _Page, data_dir: Path, n_samples: int, seed: int) -> 
 
 
 # ------------------------------------------------------------------------------ experiment
-def _folds(exp_dir: Path) -> list[tuple[int, Path]]:
-    out = []
-    for d in exp_dir.glob("fold*"):
-        if d.is_dir() and d.name[4:].isdigit():
-            out.append((int(d.name[4:]), d))
-    return sorted(out)
-
-
 def _training_section(page: _Page, exp_dir: Path) -> None:
     import json
 
     page.section("Training")
-    folds = _folds(exp_dir)
+    folds = fold_dirs(exp_dir)
     if not folds:
         page.skip("training curves and fold results", f"no fold*/ folder in {exp_dir}")
         return
     rows = []
     for k, d in folds:
-        result = d / "result.json"
+        result = d / RESULT_FILE
         if result.is_file():
             try:
                 r = json.loads(result.read_text())
@@ -265,7 +265,7 @@ def _training_section(page: _Page, exp_dir: Path) -> None:
                   "(`fold*/result.json`):")
         page.text(_table(pd.DataFrame(rows)))
     for k, d in folds:
-        curves = d / "curves.png"
+        curves = d / CURVES_FILE
         if curves.is_file():
             page.copy(curves, f"curves_fold{k}.png",
                       f"Fold {k}: loss, body IoU / accuracy, cell-type accuracy and "
@@ -276,7 +276,7 @@ def _training_section(page: _Page, exp_dir: Path) -> None:
 
 def _tuned_table(path: Path) -> pd.DataFrame | None:
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = fileio.read_yaml(path)
     except (OSError, yaml.YAMLError):
         return None
     rows = []
@@ -294,8 +294,8 @@ def _tuned_table(path: Path) -> pd.DataFrame | None:
 def _tuning_section(page: _Page, exp_dir: Path) -> None:
     page.section("Post-processing (tuned per cell type)")
     found = False
-    for name, what in (("postprocess.yaml", "network maps + watershed"),
-                       ("postprocess_classical.yaml", "classical baseline on the raw image")):
+    for name, what in ((POSTPROCESS_FILE, "network maps + watershed"),
+                       (CLASSICAL_POSTPROCESS_FILE, "classical baseline on the raw image")):
         path = exp_dir / name
         if not path.is_file():
             page.skip(what, f"no {path}")
@@ -353,9 +353,11 @@ def _ablation_section(page: _Page, ablation: Path | None) -> None:
 # ------------------------------------------------------------------------------ main entry
 def default_data_dir(exp_dir: Path) -> Path:
     """The data root an experiment was trained on (its saved config), else the default."""
-    for cfg_path in sorted(exp_dir.glob("fold*/config.yaml")):
+    for cfg_path in [d / SAVED_CONFIG for _, d in fold_dirs(exp_dir)]:
+        if not cfg_path.is_file():
+            continue
         try:
-            doc = yaml.safe_load(cfg_path.read_text()) or {}
+            doc = fileio.read_yaml(cfg_path)
         except (OSError, yaml.YAMLError):
             continue
         root = (doc.get("data") or {}).get("root")

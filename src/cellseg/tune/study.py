@@ -47,7 +47,12 @@ from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import TrainData
 from cellseg.exceptions import TuningError
-from cellseg.experiment import BEST_MODEL, POSTPROCESS_FILE, RESULT_FILE
+from cellseg.experiment import (
+    BEST_MODEL,
+    CLASSICAL_POSTPROCESS_FILE,
+    POSTPROCESS_FILE,
+    RESULT_FILE,
+)
 from cellseg.postprocess.classical import CLASSICAL_DEFAULTS
 from cellseg.postprocess.search_space import (
     CLASSICAL_SEARCH_SPACE,
@@ -69,7 +74,7 @@ from cellseg.tune.tuned_params import model_digest
 
 #: Output file per method, in the experiment folder.
 OUTPUT_FILES: Mapping[str, str] = {"deep": POSTPROCESS_FILE,
-                                   "classical": "postprocess_classical.yaml"}
+                                   "classical": CLASSICAL_POSTPROCESS_FILE}
 #: Trial user attribute holding the trial's per-image scores (see held_out_score).
 IMAGE_SCORES_ATTR = "image_scores"  # per-image scores of a trial (EvalSet.ids order)
 #: Folder (in the experiment folder) for the optimisation-history / importance plots.
