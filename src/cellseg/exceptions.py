@@ -2,8 +2,9 @@
 
 Every error below :class:`CellsegError` means bad input or state that the user can fix (a
 file, a row, an option, an experiment folder); its message names it and what was expected.
-The command-line scripts turn any of them into one ``error:`` line and exit status 2
-(:func:`cellseg.cli.run_main`); anything else is a bug and keeps its traceback.
+The command-line scripts turn any of them (and a ``ValueError`` or ``OSError``) into one
+``error:`` line and exit status 2 (:data:`cellseg.cli.USER_ERRORS`,
+:func:`cellseg.cli.print_error`); anything else is a bug and keeps its traceback.
 
 Why one module: :mod:`cellseg.data.rle` sits below :mod:`cellseg.data.dataset`, yet a
 malformed RLE is bad data like any other, and the CLIs of every stage catch one base class
