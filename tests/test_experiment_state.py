@@ -78,28 +78,28 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(tmp_path, monkeypatc
     """Same weights and learning-rate schedule as a run that never stopped (not only the
     epoch counter): the optimizer state and the 3-epoch schedule come back with last.keras."""
     from cellseg.config import config_from_dict
-    from cellseg.train import trainer as training
+    from cellseg.train import trainer
 
     root = make_tiny_root(tmp_path / "data")
     straight = config_from_dict(tiny_cfg_dict(tmp_path, root, name="straight"))
-    training.train_fold(straight, 1, verbose=0)
+    trainer.train_fold(straight, 1, verbose=0)
 
     cfg = config_from_dict(tiny_cfg_dict(tmp_path, root, name="stopped"))
-    original = training.FoldMonitor.on_epoch_end
+    original = trainer.FoldMonitor.on_epoch_end
 
     def interrupt_after_first(self, epoch, logs=None):
         original(self, epoch, logs)
         if epoch == 0:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training.FoldMonitor, "on_epoch_end", interrupt_after_first)
+    monkeypatch.setattr(trainer.FoldMonitor, "on_epoch_end", interrupt_after_first)
     with pytest.raises(KeyboardInterrupt):
-        training.train_fold(cfg, 1, verbose=0)
-    monkeypatch.setattr(training.FoldMonitor, "on_epoch_end", original)
+        trainer.train_fold(cfg, 1, verbose=0)
+    monkeypatch.setattr(trainer.FoldMonitor, "on_epoch_end", original)
     stopped_dir = tmp_path / "out" / "stopped" / "fold1"
     assert json.loads((stopped_dir / "state.json").read_text())["epoch"] == 1
     assert not (stopped_dir / "result.json").exists()
-    training.train_fold(cfg, 1, resume=True, verbose=0)
+    trainer.train_fold(cfg, 1, resume=True, verbose=0)
 
     straight_dir = tmp_path / "out" / "straight" / "fold1"
     h_straight = pd.read_csv(straight_dir / "history.csv")
@@ -161,23 +161,23 @@ def test_overwrite_with_bad_data_keeps_the_finished_fold(tmp_path):
 
 def test_overwrite_keeps_the_old_run_until_the_new_one_finishes(tmp_path, monkeypatch):
     from cellseg.config import config_from_dict
-    from cellseg.train import trainer as training
+    from cellseg.train import trainer
 
     root = make_tiny_root(tmp_path / "data")
     cfg = config_from_dict(tiny_cfg_dict(tmp_path, root, epochs=1))
-    fold_dir = training.train_fold(cfg, 0, verbose=0)
+    fold_dir = trainer.train_fold(cfg, 0, verbose=0)
     old_result = (fold_dir / "result.json").read_text()
 
     def crash(*a, **k):
         raise RuntimeError("simulated crash in the new run")
 
-    monkeypatch.setattr(training, "finish_fold", crash)
+    monkeypatch.setattr(trainer, "finish_fold", crash)
     with pytest.raises(RuntimeError):
-        training.train_fold(cfg, 0, overwrite=True, verbose=0)
+        trainer.train_fold(cfg, 0, overwrite=True, verbose=0)
     aside = fold_dir.with_name("fold0.replaced")
     assert (aside / "result.json").read_text() == old_result
     monkeypatch.undo()
-    training.train_fold(cfg, 0, overwrite=True, verbose=0)
+    trainer.train_fold(cfg, 0, overwrite=True, verbose=0)
     assert not aside.exists() and (fold_dir / "result.json").is_file()
 
 
@@ -197,14 +197,14 @@ def test_init_from_loads_matching_layers_and_reinitialises_the_rest(tmp_path):
 
     from cellseg.config import ModelConfig
     from cellseg.model.network import build_model
-    from cellseg.train import trainer as training
+    from cellseg.train import trainer
 
     source = build_model(ModelConfig(widths=[4, 8, 16], n_targets=3), name="src")
     path = tmp_path / "src.keras"
     source.save(path)
     target = build_model(ModelConfig(widths=[4, 8, 16], n_targets=2), name="dst")
     before = {layer.name: layer.get_weights() for layer in target.layers}
-    report = training.init_from_model(target, path)
+    report = trainer.init_from_model(target, path)
     src_layers = {layer.name: layer for layer in source.layers}
     assert report["loaded"] and report["not_loaded"]
     for name in report["loaded"]:
@@ -217,8 +217,8 @@ def test_init_from_loads_matching_layers_and_reinitialises_the_rest(tmp_path):
             np.testing.assert_array_equal(a, b)
     other = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="unrelated")])
     other.save(tmp_path / "other.keras")
-    with pytest.raises(training.TrainingError, match="no layer matches"):
-        training.init_from_model(build_model(ModelConfig(widths=[4, 8, 16])),
+    with pytest.raises(trainer.TrainingError, match="no layer matches"):
+        trainer.init_from_model(build_model(ModelConfig(widths=[4, 8, 16])),
                                  tmp_path / "other.keras")
 
 

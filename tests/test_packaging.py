@@ -23,7 +23,7 @@ import pytest
 from tiny_data import make_tiny_root
 
 from cellseg.config import ConfigError, load_config, save_config
-from cellseg.deploy import kaggle as packaging
+from cellseg.deploy import kaggle
 from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
 from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import read_submission, validate_submission
@@ -130,7 +130,7 @@ def test_kernel_metadata_has_the_fields_kaggle_requires():
     assert set(meta) <= KERNEL_FIELDS, set(meta) - KERNEL_FIELDS
     assert OWNER_SLUG.match(meta["id"])
     assert len(meta["title"]) >= 5
-    assert meta["id"].split("/")[1] == packaging.slugify(meta["title"])
+    assert meta["id"].split("/")[1] == kaggle.slugify(meta["title"])
     assert (KERNEL_DIR / meta["code_file"]).is_file() and meta["code_file"] == "infer_kernel.py"
     assert meta["language"] in KERNEL_LANGUAGES and meta["language"] == "python"
     assert meta["kernel_type"] in KERNEL_TYPES and meta["kernel_type"] == "script"
@@ -140,21 +140,21 @@ def test_kernel_metadata_has_the_fields_kaggle_requires():
     assert meta["dataset_sources"] and all(OWNER_SLUG.match(s) for s in meta["dataset_sources"])
     # The placeholder dataset is what package.py names the default experiment's dataset, and
     # kernels/README.md says how to replace the placeholder user.
-    assert meta["dataset_sources"] == [packaging.default_dataset_id("default",
-                                                                    packaging.PLACEHOLDER_USER)]
-    assert packaging.PLACEHOLDER_USER in (REPO / "kernels" / "README.md").read_text()
+    assert meta["dataset_sources"] == [kaggle.default_dataset_id("default",
+                                                                    kaggle.PLACEHOLDER_USER)]
+    assert kaggle.PLACEHOLDER_USER in (REPO / "kernels" / "README.md").read_text()
 
 
 def test_dataset_metadata_checks_name_the_field():
-    meta = packaging.dataset_metadata("someone/cellseg-exp", "cellseg models exp")
+    meta = kaggle.dataset_metadata("someone/cellseg-exp", "cellseg models exp")
     check_dataset_metadata_fields(meta)
     for bad, match in [({"title": "short"}, "title"), ({"id": "no-slash"}, "id"),
                        ({"id": "me/ab"}, "3 to 50"), ({"licenses": []}, "exactly one"),
                        ({"licenses": [{"name": "MIT"}]}, "license 'MIT'")]:
         with pytest.raises(PackagingError, match=match):
-            packaging.check_dataset_metadata({**meta, **bad}, where="x.json")
+            kaggle.check_dataset_metadata({**meta, **bad}, where="x.json")
     with pytest.raises(PackagingError, match=r"missing field\(s\) \['licenses'\]"):
-        packaging.check_dataset_metadata({"title": "abcdef", "id": "a/bcd"})
+        kaggle.check_dataset_metadata({"title": "abcdef", "id": "a/bcd"})
 
 
 # ------------------------------------------------------------------------------ building
@@ -187,12 +187,12 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
     manifest = verify_package(out)
     assert manifest["exp"] == "exp" and manifest["folds"] == [0, 1]
     assert "models/exp/fold1/best.keras" in manifest["files"]
-    assert packaging.find_experiment(out) == ("exp", out / "models" / "exp")
-    cfg, exp_dir, saved = packaging.resolve_packaged_config(out, overrides=["infer.batch_size=3"])
+    assert kaggle.find_experiment(out) == ("exp", out / "models" / "exp")
+    cfg, exp_dir, saved = kaggle.resolve_packaged_config(out, overrides=["infer.batch_size=3"])
     assert exp_dir == out / "models" / "exp" and saved == exp_dir / "fold0" / "config.yaml"
     assert cfg.infer.batch_size == 3 and Path(cfg.output_dir) == out / "models"
     with pytest.raises(PackagingError, match=r"available: \['exp'\]"):
-        packaging.find_experiment(out, "other")
+        kaggle.find_experiment(out, "other")
 
     packed = out / "models" / "exp" / "fold1" / "best.keras"
     packed.write_bytes(b"X" * packed.stat().st_size)  # same size, other content
@@ -284,18 +284,18 @@ def test_missing_experiment_or_fold_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ wheels
 def test_wheel_command_lines(tmp_path):
-    reqs = packaging.kernel_requirements(REPO / "requirements.txt")
+    reqs = kaggle.kernel_requirements(REPO / "requirements.txt")
     names = {re.split(r"[<>=\[ ]", r)[0].lower() for r in reqs}
     assert {"keras", "numpy", "pyyaml", "scikit-image", "opencv-python-headless"} <= names
     assert not names & {"tensorflow-cpu", "tensorflow", "pytest", "hypothesis", "optuna"}
-    cmd = packaging.wheel_download_command(tmp_path / "w", tmp_path / "r.txt", "3.11",
+    cmd = kaggle.wheel_download_command(tmp_path / "w", tmp_path / "r.txt", "3.11",
                                            python="py")
     assert cmd == ["py", "-m", "pip", "download", "--dest", str(tmp_path / "w"),
                    "--only-binary=:all:", "--progress-bar", "off", "--python-version", "3.11",
                    "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
                    "-r", str(tmp_path / "r.txt")]
     with pytest.raises(PackagingError, match="3.11"):
-        packaging.wheel_download_command(tmp_path, tmp_path / "r.txt", "eleven")
+        kaggle.wheel_download_command(tmp_path, tmp_path / "r.txt", "eleven")
 
     # build_package runs exactly that command (recorded here, nothing downloaded).
     calls = []
@@ -310,14 +310,14 @@ def test_wheel_command_lines(tmp_path):
                       run=fake_run, dataset_id="someone/cellseg-exp")
     assert s.n_wheels == 1 and len(calls) == 1
     tmp_wheels = Path(calls[0][calls[0].index("--dest") + 1])
-    assert calls[0] == packaging.wheel_download_command(
+    assert calls[0] == kaggle.wheel_download_command(
         tmp_wheels, tmp_wheels / "requirements.txt", "3.11")
     assert tmp_wheels.parent.parent == out.parent  # built beside the destination
     assert (out / "wheels" / "requirements.txt").read_text().split() == reqs
     # The kernel installs from exactly these wheels, offline.
     kernel = load_kernel_module()
     assert kernel.pip_install_command(out, python="py") == \
-        packaging.wheel_install_command(out / "wheels", python="py")
+        kaggle.wheel_install_command(out / "wheels", python="py")
     assert "--no-index" in kernel.pip_install_command(out)
     assert kernel.pip_install_command(tmp_path) is None  # no wheels, no pip
 

@@ -17,7 +17,7 @@ import yaml
 from cellseg.config import PostprocessParams
 from cellseg.constants import CELL_TYPES
 from cellseg.data.dataset import TrainData, read_train_csv
-from cellseg.infer import pseudo_labels as pseudo
+from cellseg.infer import pseudo_labels
 from cellseg.postprocess.decode import decode_with_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,21 +85,21 @@ def test_cell_scores_and_selection():
     ens = FakeEnsemble()
     probs, _ = ens.predict([img])
     labels = ens.decode(probs[0], "cort")
-    scores = pseudo.cell_scores(probs[0], labels)
+    scores = pseudo_labels.cell_scores(probs[0], labels)
     assert scores.confidence.size == 4
     assert np.allclose(sorted(scores.confidence), sorted(v / 255 for v in CENTRES), atol=1e-6)
-    kept, conf, n = pseudo.select_cells(probs[0], labels, seed_threshold=0.5, threshold=0.8)
+    kept, conf, n = pseudo_labels.select_cells(probs[0], labels, seed_threshold=0.5, threshold=0.8)
     assert n == 4 and conf.size == 2 and (conf >= 0.8).all()
     assert set(np.unique(kept)) == {0, 1, 2}
     # Without a confidence floor the faint seeded disk stays; the unseeded one never does.
-    kept, conf, _ = pseudo.select_cells(probs[0], labels, seed_threshold=0.5, threshold=0.5)
+    kept, conf, _ = pseudo_labels.select_cells(probs[0], labels, seed_threshold=0.5, threshold=0.5)
     assert conf.size == 3 and kept[CENTRES[UNSEEDED]] == 0
     tuned = {"cort": {"seed_threshold": 0.6, "mask_threshold": 0.1}}
-    assert pseudo.type_thresholds(tuned, 0.5) == {"cort": 0.6}
-    assert pseudo.type_thresholds(tuned, 0.8) == {"cort": 0.8}
+    assert pseudo_labels.type_thresholds(tuned, 0.5) == {"cort": 0.6}
+    assert pseudo_labels.type_thresholds(tuned, 0.8) == {"cort": 0.8}
     # A mask threshold above the seed's: every cell's mean exceeds it, so the upper half counts.
     tuned = {"shsy5y": {"seed_threshold": 0.6, "mask_threshold": 0.7}}
-    assert pseudo.type_thresholds(tuned, 0.5) == {"shsy5y": pytest.approx(0.85)}
+    assert pseudo_labels.type_thresholds(tuned, 0.5) == {"shsy5y": pytest.approx(0.85)}
 
 
 def test_pseudo_root_is_training_data(tmp_path):
@@ -118,7 +118,7 @@ def test_pseudo_root_is_training_data(tmp_path):
         (images / name).write_bytes(cv2.imencode(".png", img)[1].tobytes())
     ens = FakeEnsemble()
     out = tmp_path / "pseudo"
-    summary = pseudo.pseudo_label(ens, images, out, tmp_path / "exp", min_confidence=0.8)
+    summary = pseudo_labels.pseudo_label(ens, images, out, tmp_path / "exp", min_confidence=0.8)
     data = TrainData(out)
     data.check_images()
     table = read_train_csv(out / "train.csv")
@@ -131,7 +131,7 @@ def test_pseudo_root_is_training_data(tmp_path):
     assert all(p.name.endswith(".png") for p in (out / "train").iterdir())
     for image_id in ids:
         assert _cells_at(out, image_id) == {BRIGHT, GOOD}
-    report = pd.read_csv(out / pseudo.IMAGES_FILE, keep_default_na=False)
+    report = pd.read_csv(out / pseudo_labels.IMAGES_FILE, keep_default_na=False)
     assert len(report) == 8  # hidden file and notes.txt are not images
     status = dict(zip(report["file"], report["status"]))
     assert status["uncertain.png"].startswith("skipped: cell type uncertain")
@@ -147,10 +147,10 @@ def test_pseudo_root_is_training_data(tmp_path):
     assert sorted(ens.calls) == [1, 7]  # grouped by shape
     # A second run refuses to replace it; --overwrite replaces only the data root's files.
     with pytest.raises(ValueError, match="--overwrite"):
-        pseudo.pseudo_label(ens, images, out, tmp_path / "exp")
+        pseudo_labels.pseudo_label(ens, images, out, tmp_path / "exp")
     (out / "keep.txt").write_text("mine")
     ens.params["cort"]["mask_threshold"] = 0.1  # threshold max(0.5, 0.55, 0) = 0.55
-    pseudo.pseudo_label(ens, images, out, tmp_path / "exp", min_confidence=0.0,
+    pseudo_labels.pseudo_label(ens, images, out, tmp_path / "exp", min_confidence=0.0,
                         min_kept_fraction=0.0, overwrite=True)
     assert (out / "keep.txt").read_text() == "mine"
     table = read_train_csv(out / "train.csv")
@@ -254,7 +254,7 @@ def test_cli_end_to_end_with_fold_ensemble(tmp_path, capsys):
     assert source["thresholds"]["cort"] == 0.9
     assert source["postprocess_params"]["cort"]["seed_threshold"] == 0.6
     assert source["postprocess_sha256"] and source["command"][0].endswith("pseudo_label.py")
-    report = pd.read_csv(root / pseudo.IMAGES_FILE)
+    report = pd.read_csv(root / pseudo_labels.IMAGES_FILE)
     assert (report["cells_predicted"] == 3).all() and (report["cells_kept"] == 2).all()
     assert (report["prob_cort"] > 0.9).all()
     # Rerun without --overwrite refuses before loading any model.

@@ -31,7 +31,7 @@ from cellseg.exceptions import TuningError
 from cellseg.model.targets import make_targets
 from cellseg.postprocess.search_space import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
 from cellseg.train import oof
-from cellseg.tune import tuned_params as tuned
+from cellseg.tune import tuned_params
 from cellseg.tune.eval_sets import load_eval_sets
 from cellseg.tune.scoring import Evaluator
 from cellseg.tune.storage import default_storage, describe_storage, make_storage, study_name
@@ -100,7 +100,8 @@ def test_tuning_beats_defaults_for_every_type(cfg):
     good = {**{k: getattr(cfg.postprocess, k) for k in DEEP_SEARCH_SPACE},
             "mask_threshold": 0.5, "seed_threshold": 0.7}
     with Evaluator(sets, n_jobs=1) as ev:
-        good_scores = {t: ev.score(t, {**tuned.defaults(cfg)[t], **good}) for t in CELL_TYPES}
+        defaults = tuned_params.defaults(cfg)
+        good_scores = {t: ev.score(t, {**defaults[t], **good}) for t in CELL_TYPES}
     for cell_type, entry in doc["cell_types"].items():
         assert entry["n_images"] == 3 and entry["n_trials"] == 10
         assert entry["oof_score"] > entry["default_score"] + 0.2, (cell_type, entry)
@@ -118,7 +119,7 @@ def test_tuning_beats_defaults_for_every_type(cfg):
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-importances.png").is_file()
     assert doc["heads"] is None or isinstance(doc["heads"], str)
     # What inference reads back, re-scored serially and in two processes, gives the saved score.
-    params = tuned.load_params(cfg.experiment_dir(), cfg)
+    params = tuned_params.load_params(cfg.experiment_dir(), cfg)
     with Evaluator(sets, n_jobs=1) as serial, Evaluator(sets, n_jobs=2) as pooled:
         for cell_type in CELL_TYPES:
             scores = serial.image_scores(cell_type, params[cell_type])
@@ -307,16 +308,16 @@ def test_infer_warns_when_tuned_for_other_heads_tta_or_models(tmp_path):
     model.parent.mkdir()
     model.write_bytes(b"model one")
     doc = {"method": "deep", "folds": [0], "heads": "mean", "tta": ["identity", "hflip"],
-           "models": {0: tuned.model_digest(model)}, "cell_types": {}}
+           "models": {0: tuned_params.model_digest(model)}, "cell_types": {}}
     (tmp_path / "postprocess.yaml").write_text(yaml.safe_dump(doc))
     files = [(0, model)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert tuned.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files) == []
+        assert tuned_params.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files) == []
     with pytest.warns(UserWarning, match="heads 'mean' when tuned, 'last' now"):
-        tuned.check_tuned_on(tmp_path, "last", ["identity", "hflip"], files)
+        tuned_params.check_tuned_on(tmp_path, "last", ["identity", "hflip"], files)
     with pytest.warns(UserWarning, match="TTA"):
-        tuned.check_tuned_on(tmp_path, "mean", ["identity"], files)
+        tuned_params.check_tuned_on(tmp_path, "mean", ["identity"], files)
     model.write_bytes(b"model two (retrained)")
     with pytest.warns(UserWarning, match=r"fold model\(s\) \[0\] retrained since tuning"):
-        tuned.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files)
+        tuned_params.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files)

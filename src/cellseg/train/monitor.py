@@ -119,13 +119,8 @@ class FoldMonitor(keras.callbacks.Callback):
     def __init__(self, cfg: Config, fold_dir: Path, val_samples: list[Sample],
                  state: dict[str, Any], history: list[dict[str, Any]], write: bool,
                  eval_model: keras.Model | None = None, allow_stop: bool = True,
-                 type_probs: dict[str, np.ndarray] | None = None,
-                 best_model: keras.Model | None = None) -> None:
-        """``best_model``: an uncompiled copy (:func:`uncompiled_copy`) that receives the
-        weights before ``best.keras`` is saved from it; made at the first save if omitted
-        (pass it under a multi-worker strategy, where creating variables is collective)."""
+                 type_probs: dict[str, np.ndarray] | None = None) -> None:
         super().__init__()
-        self.best_model = best_model
         self.type_probs = type_probs
         self.eval_model = eval_model
         # Multi-worker: each worker validates with its own (unsynced) batch-norm statistics,
@@ -174,7 +169,7 @@ class FoldMonitor(keras.callbacks.Callback):
             score = metrics["val_score"]
             if score > self.state.get("best_score", -1.0):
                 self.state.update(best_score=score, best_epoch=epoch, wait=0)
-                self._save(self._out(BEST_MODEL), optimizer=False)
+                self._save(self._out(BEST_MODEL))
             else:
                 self.state["wait"] = self.state.get("wait", 0) + 1
             if self.allow_stop and self.state["wait"] >= max(tcfg.early_stopping_patience, 1):
@@ -210,27 +205,11 @@ class FoldMonitor(keras.callbacks.Callback):
             self.interrupted = True
             self.model.stop_training = True
 
-    def _save(self, path: Path, optimizer: bool = True) -> None:
-        """Save atomically; ``optimizer=False`` saves the weights into the uncompiled copy
-        and that (inference needs no optimizer; ``last.keras`` keeps it for ``--resume``)."""
-        model = self.model
-        if not optimizer:
-            if self.best_model is None:
-                self.best_model = uncompiled_copy(self.model)
-            self.best_model.set_weights(self.model.get_weights())
-            model = self.best_model
+    def _save(self, path: Path) -> None:
+        """Save atomically (with the optimizer state; ``finish_fold`` re-saves ``best.keras``
+        without it once the run is over)."""
         with fileio.atomic_path(path, suffix=".tmp.keras") as tmp:
-            model.save(tmp)
-
-
-def uncompiled_copy(model: keras.Model) -> keras.Model:
-    """A new, uncompiled model of ``model``'s architecture (same config and names).
-
-    Saving it writes no optimizer state. Keras 3 ``.keras`` files have no
-    ``include_optimizer`` (``save`` ignores it except for legacy ``.h5``), and
-    ``keras.models.clone_model`` compiles its clone, so the optimizer would come along.
-    """
-    return type(model).from_config(model.get_config())
+            self.model.save(tmp)
 
 
 # --------------------------------------------------------------------------- Ctrl-C
