@@ -96,6 +96,18 @@ def read_yaml(path: str | os.PathLike) -> Any:
     return yaml.safe_load(Path(path).read_text()) or {}
 
 
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks (models are hundreds of MB). Not
+    ``hashlib.file_digest``: the Kaggle kernel's Python may predate 3.11."""
+    import hashlib
+
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Save arrays to a compressed ``.npz`` atomically."""
     with atomic_path(path, suffix=".tmp.npz") as tmp:

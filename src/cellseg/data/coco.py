@@ -23,7 +23,6 @@ lines must be mapped with ``type_map``, e.g. ``{"A172": "astro"}``, or skipped w
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import cv2
 import numpy as np
 import pandas as pd
 
@@ -47,7 +45,7 @@ from cellseg.data.coco_masks import (
     segmentation_indices,
 )
 from cellseg.data.dataset import ID_CHARS, MAX_ID_LENGTH, check_image_id
-from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8
+from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError
 
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
@@ -225,23 +223,6 @@ def prepare_root(out: Path, overwrite: bool, protect: Sequence[Path] = ()) -> No
         for name in ("train.csv", "folds.csv", SOURCE_FILE):
             (out / name).unlink(missing_ok=True)
     (out / "train").mkdir(parents=True, exist_ok=True)
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    """8-bit grayscale PNG, written atomically."""
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"could not encode PNG for {path}")
-    with fileio.atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
@@ -432,7 +413,7 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
         "command": list(command) if command is not None else None,
         "images_dir": str(images_dir.resolve()),
         "annotations": str(annotations.resolve()),
-        "annotations_sha256": _sha256(annotations),
+        "annotations_sha256": fileio.file_digest(annotations),
         "cell_type_mode": mode, "cell_type": cell_type,
         "type_map": dict(sorted(mapping.items())) if mode != "fixed" else None,
         "unmapped_skipped": dict(sorted(unmapped.items())),

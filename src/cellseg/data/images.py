@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from cellseg import fileio
 from cellseg.exceptions import ImageReadError
 
 IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -110,6 +111,15 @@ def to_uint8(image: np.ndarray) -> tuple[np.ndarray, bool]:
     else:
         out = np.clip(np.round((np.where(finite, data, lo) - lo) * (255.0 / (hi - lo))), 0, 255)
     return out.astype(np.uint8), True
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """A PNG (8-bit grayscale for the competition's layout), written atomically."""
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise OSError(f"could not encode PNG for {path}")
+    with fileio.atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
 
 def read_image_uint8(path: str | os.PathLike, channel: int | None = None
                      ) -> tuple[np.ndarray, bool]:

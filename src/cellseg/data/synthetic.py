@@ -71,6 +71,7 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, IMAGE_HEIGHT, IMAGE_WIDTH, TRAIN_COLUMNS
 from cellseg.data import rle
+from cellseg.data.images import write_png
 
 # Real proportions of the 606 training images (docs/design.md section 2).
 REAL_TYPE_FRACTIONS: dict[str, float] = {"shsy5y": 155 / 606, "astro": 131 / 606,
@@ -734,14 +735,6 @@ def _elapsed(minutes: int) -> str:
     return str(pd.Timedelta(minutes=minutes))  # "0 days 11:30:00", like the real column
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise OSError(f"could not encode PNG for {path}")
-    with fileio.atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
 def _prepare_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output path {out} exists and is not a directory")
@@ -829,7 +822,7 @@ def make_dataset(out_dir: str | Path, n_train: int = 60, n_test: int = 12, seed:
             rng = np.random.default_rng(np.random.SeedSequence([seed, 1 + split_no, k]))
             image, inst = make_image(t, rng, height, width, scale=scale,
                                      count_scale=count_scale)
-            _write_png(out / split / f"{image_id}.png", image)
+            write_png(out / split / f"{image_id}.png", image)
             meta = (width, height, t, _plate_time(minutes), date, sid, _elapsed(minutes))
             rows.extend((image_id, code, *meta) for code in inst.rles())
             st = per[t]

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -44,7 +43,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
-from cellseg import __version__
+from cellseg import __version__, fileio
 from cellseg.config import Config, ConfigError, load_config
 from cellseg.exceptions import PackagingError
 from cellseg.experiment import (
@@ -276,20 +275,12 @@ def _download_wheels(dest: Path, requirements: Sequence[str], python_version: st
 
 
 # ------------------------------------------------------------------------------ building
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_table(root: Path, skip: Sequence[str]) -> dict[str, dict[str, Any]]:
     table = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()
         if rel not in skip:
-            table[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+            table[rel] = {"bytes": path.stat().st_size, "sha256": fileio.file_digest(path)}
     return table
 
 
@@ -525,7 +516,7 @@ def verify_package(package_dir: str | os.PathLike, hashes: bool = True
         if size != entry.get("bytes"):
             raise PackagingError(f"{path}: {size} bytes, expected {entry.get('bytes')} "
                                  f"({MANIFEST}); the upload is incomplete or changed")
-        if hashes and _sha256(path) != entry.get("sha256"):
+        if hashes and fileio.file_digest(path) != entry.get("sha256"):
             raise PackagingError(f"{path}: sha256 differs from {MANIFEST}; the file changed "
                                  f"after packaging")
     return manifest

@@ -46,8 +46,8 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
-from cellseg.data.coco import prepare_root, safe_id, write_png
-from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8
+from cellseg.data.coco import prepare_root, safe_id
+from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError, DataError, PseudoLabelError
 from cellseg.experiment import POSTPROCESS_FILE
 
@@ -172,9 +172,7 @@ def list_images(folder: str | os.PathLike) -> list[tuple[Path, str]]:
 
 
 def _sha256(path: Path) -> str | None:
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return fileio.file_digest(path) if path.is_file() else None
 
 
 def pseudo_label(

@@ -24,7 +24,6 @@ the parameters of :func:`cellseg.postprocess.decode.decode_instances` and how th
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import warnings
 from pathlib import Path
@@ -77,11 +76,7 @@ def load_params(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
 
 def model_digest(path: str | os.PathLike) -> str:
     """Short SHA-1 of a model file: tells a retrained fold from the one that was tuned."""
-    h = hashlib.sha1()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
+    return fileio.file_digest(path, "sha1")[:16]
 
 
 def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
