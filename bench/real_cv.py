@@ -261,17 +261,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = [[r["cell_type"], r["images"], r["untuned"], r["tuned_held_out"],
              r["tuned_in_sample"], r["as_inferred"], r["type_accuracy"]]
             for r in results["summary"]]
-    from cellseg.evaluate.error_analysis import SIZE_BINS
+    import pandas as pd
+
+    from cellseg.evaluate.error_analysis import SIZE_BINS, WHAT_IF_COLUMNS
 
     err_cols = ["cell_type", "images", "tp", "fn", "fp", "merges", "splits",
                 "precision@0.5", "recall@0.5", "mean_iou",
                 *(f"miss_rate_{b}" for b in SIZE_BINS)]
     err_rows = [[e.get(c, "") for c in err_cols] for e in results["errors"]]
+    lost_cols = ["cell_type", "images", *WHAT_IF_COLUMNS, "mean_iou"]
+    lost_rows = [[e.get(c, "") for c in lost_cols] for e in results["errors"]]
+    per_image = pd.DataFrame(results["per_image"])
+    confusion = pd.crosstab(per_image["cell_type"], per_image["pred_cell_type"])
+    results["type_confusion"] = {t: confusion.loc[t].to_dict() for t in confusion.index}
     body = (f"Config `{args.config}`, experiment `{args.exp}`, folds {folds} of {args.n_folds} "
             f"({len(results['per_image'])} out-of-fold real images). Chain "
             f"(make_folds + train + tune) {results['chain_minutes']} min; per fold: "
             f"{train_s}.\n\n"
             + markdown_table(headers, rows, digits=4)
+            + "\n\nWhere the points are lost (tuned in-sample post-processing, true cell "
+            "type; the image-mean score with one kind of error removed alone: "
+            "score_outlines = every matched cell's outline perfect, score_no_fp = every false "
+            "positive removed, score_merges_split = every merge replaced by its true cells; "
+            "mean_iou = mean IoU of matched cells):\n\n"
+            + markdown_table(lost_cols, lost_rows, digits=3)
+            + "\n\nCell type out of fold (rows: true type, columns: the whole-image "
+            "classifier's type):\n\n" + confusion.to_markdown()
             + "\n\nError analysis at IoU 0.5 (tuned post-processing, true cell type; "
             "mean_iou = mean IoU of matched cells; miss rates by true-cell area in px):\n\n"
             + markdown_table(err_cols, err_rows, digits=3)

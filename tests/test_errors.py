@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cellseg.evaluate.error_analysis import (
     SIZE_BINS,
@@ -82,7 +84,8 @@ def test_partial_match_iou_and_error_counts():
     pred = np.zeros_like(truth)
     pred[0:4, 0:4] = 7  # 16 px inside: IoU 0.8
     counts = error_counts(truth, pred)
-    assert list(counts) == ["tp", "fn", "fp", "merges", "splits", "mean_iou"]
+    assert list(counts) == ["tp", "fn", "fp", "merges", "splits", "mean_iou", "score",
+                            "score_outlines", "score_no_fp", "score_merges_split"]
     assert counts["tp"] == 1 and counts["fn"] == 0 and counts["fp"] == 0
     assert counts["mean_iou"] == pytest.approx(0.8)
     full = error_counts(truth, pred, by_size=True)
@@ -312,3 +315,68 @@ def test_real_sample_truth_against_itself(real_sample):
     assert 0.9 < rec.mean_iou < 1.0
     table = error_table([(data.ids[0], "shsy5y", rec)])
     assert isinstance(error_summary(table), pd.DataFrame)
+
+
+# --- where the points are lost (what-if scores) ----------------------------------------------
+
+
+def test_what_if_scores_on_the_scene():
+    """One merge (2 true cells), one split, one miss, one FP, one exact match: each what-if
+    removes its own kind of error and nothing else."""
+    truth, pred = scene()
+    rec = error_analysis(truth, pred)
+    res = match(truth, pred)
+    w = rec.what_if
+    assert w["score"] == pytest.approx(res.score)
+    # Perfect outlines: every matched cell matches at every threshold -> p@0.5 at each.
+    assert w["score_outlines"] == pytest.approx(res.precision[0])
+    # FP removed: the merge, both split pieces and pred 40 are unmatched (4 FPs of 5 preds).
+    tp50 = int(res.tp[0])
+    expected = np.mean([tp / (tp50 + rec.n_true - tp) for tp in res.tp])
+    assert w["score_no_fp"] == pytest.approx(expected)
+    # Merges split: pred 20 becomes true cells 2 and 3 (two more TPs, one FP fewer).
+    after = match_result_counts(tp=tp50 + 2, n_true=rec.n_true, n_pred=rec.n_pred - 1 + 2)
+    assert w["score_merges_split"] == pytest.approx(after)
+    assert w["score_merges_split"] > w["score"] and w["score_no_fp"] > w["score"]
+
+
+def match_result_counts(tp: int, n_true: int, n_pred: int) -> float:
+    """Score when every match holds at every threshold (exact cells)."""
+    return tp / (tp + (n_pred - tp) + (n_true - tp))
+
+
+def _rect_image(shape, rects) -> np.ndarray:
+    img = np.zeros(shape, np.int32)
+    for k, (r, c, h, w) in enumerate(rects, start=1):
+        img[r:r + h, c:c + w] = k
+    return img
+
+
+rects = st.lists(st.tuples(st.integers(0, 25), st.integers(0, 25), st.integers(2, 12),
+                           st.integers(2, 12)), min_size=0, max_size=8)
+
+
+@settings(max_examples=60, deadline=None)
+@given(rects, rects)
+def test_what_if_properties(true_rects, pred_rects):
+    """Non-overlapping truth (a label image): perfect outlines score exactly the precision at
+    IoU 0.5; removing false positives or splitting merges never lowers the score."""
+    truth = _rect_image((32, 32), true_rects)
+    pred = _rect_image((32, 32), pred_rects)
+    w = error_analysis(truth, pred).what_if
+    res = match(truth, pred)
+    assert w["score"] == pytest.approx(res.score)
+    assert w["score_outlines"] == pytest.approx(res.precision[0])
+    assert w["score_outlines"] >= w["score"] - 1e-12
+    assert w["score_no_fp"] >= w["score"] - 1e-12
+    assert w["score_merges_split"] >= w["score"] - 1e-12
+
+
+def test_what_if_in_summary_and_markdown():
+    truth, pred = scene()
+    table = error_table([("a", "shsy5y", error_analysis(truth, pred)),
+                         ("b", "shsy5y", error_analysis(truth, truth))])
+    summary = error_summary(table)
+    one = error_analysis(truth, pred).what_if
+    assert summary.loc["shsy5y", "score_no_fp"] == pytest.approx((one["score_no_fp"] + 1) / 2)
+    assert "Where the points are lost" in error_summary_markdown(summary)
