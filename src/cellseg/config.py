@@ -85,6 +85,11 @@ class TrainConfig:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     cell_type_weight: float = 0.1
+    # Extra BCE weight on pixels within ``outline_width`` px of a true cell's outline (body
+    # channel's edge), so that the loss spends itself where the matched cells lose their IoU
+    # (cellseg.model.losses.outline_weights); 0 = plain BCE.
+    outline_weight: float = 0.0
+    outline_width: int = 2
     border_radius_max: int = 4  # cap of the touching band's half-width (cellseg.model.targets)
     mixed_precision: bool = False
     xla: bool = False
@@ -331,6 +336,8 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("train", "bce_weight"): (0, None, False),
     ("train", "dice_weight"): (0, None, False),
     ("train", "cell_type_weight"): (0, None, False),
+    ("train", "outline_weight"): (0, None, False),
+    ("train", "outline_width"): (1, None, False),
     ("train", "border_radius_max"): (1, None, False),
     ("train", "workers"): (0, None, False),
     ("train", "cpu_replicas"): (0, None, False),
