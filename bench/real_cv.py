@@ -90,8 +90,13 @@ def models_digest(exp_dir: Path, folds: list[int]) -> str:
     return h.hexdigest()[:12]
 
 
-def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict[str, float]]:
-    """Per type: tune on half of the images, score the other half, both ways."""
+def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int, space=None,
+                    fixed: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Per type: tune on half of the images, score the other half, both ways.
+
+    ``space`` (default: tune.py's) is what Optuna samples; ``fixed`` overrides defaults of
+    knobs outside it. Returns per type the mean held-out score and, per image, the parameters
+    that scored it (``params``, in image order)."""
     import numpy as np
     import optuna
 
@@ -101,12 +106,14 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
     from cellseg.tune.study import method_defaults, tune_cell_type
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    defaults = method_defaults(cfg, "deep")
-    out: dict[str, dict[str, float]] = {}
+    space = DEEP_SEARCH_SPACE if space is None else space
+    defaults = {**method_defaults(cfg, "deep"), **(fixed or {})}
+    out: dict[str, dict[str, Any]] = {}
     for cell_type, es in sets.items():
         if len(es) < 2:
             continue
         scores = np.zeros(len(es))
+        params: list[dict[str, Any]] = [{} for _ in range(len(es))]
         for half in (0, 1):
             pick = [i for i in range(len(es)) if i % 2 == half]
             rest = [i for i in range(len(es)) if i % 2 != half]
@@ -118,11 +125,13 @@ def held_out_tuning(sets: dict, cfg, n_trials: int, seed: int) -> dict[str, dict
 
             with Evaluator({cell_type: subset(pick)}, n_jobs=1) as ev:
                 res = tune_cell_type(ev, cell_type, optuna.storages.InMemoryStorage(),
-                                     f"heldout-{cell_type}-{half}", defaults, DEEP_SEARCH_SPACE,
+                                     f"heldout-{cell_type}-{half}", defaults, space,
                                      n_trials, seed=seed + half, log=None)
             with Evaluator({cell_type: subset(rest)}, n_jobs=1) as ev:
                 scores[rest] = ev.image_scores(cell_type, res.params)
-        out[cell_type] = {"images": len(es), "score": float(scores.mean())}
+            for i in rest:
+                params[i] = dict(res.params)
+        out[cell_type] = {"images": len(es), "score": float(scores.mean()), "params": params}
     return out
 
 

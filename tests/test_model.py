@@ -11,6 +11,9 @@ import pytest
 
 from cellseg.config import ModelConfig, TrainConfig
 from cellseg.model.losses import (
+    bce_per_channel,
+    outline_weights,
+    weighted_bce_per_channel,
     BceDiceLoss,
     BodyAccuracy,
     BodyIoU,
@@ -237,6 +240,40 @@ def test_loss_channel_weights_and_empty_channel():
         BceDiceLoss(channel_weights=(1, 1, 1))(t, p)
     with pytest.raises(ValueError, match="not both 0"):
         BceDiceLoss(bce_weight=0, dice_weight=0)
+
+
+def test_outline_weights_mark_a_band_on_both_sides_of_the_outline():
+    t = np.zeros((1, 12, 12, 2), np.float32)
+    t[0, 3:9, 3:9, 0] = 1  # a 6 x 6 cell
+    w = np.asarray(outline_weights(keras.ops.convert_to_tensor(t), 3.0, 1))[0, ..., 0]
+    heavy = w == 4.0
+    assert heavy.sum() == 8 * 8 - 4 * 4  # one pixel out (8 x 8 ring) and one in (to 4 x 4)
+    assert heavy[2, 2] and heavy[3, 3] and not heavy[4, 4] and not heavy[1, 1]
+    assert set(np.unique(w)) == {1.0, 4.0}
+
+
+def test_outline_weighted_loss():
+    """Unit weights give plain BCE; errors on the outline cost more than errors far from it;
+    the knobs survive get_config."""
+    t = np.zeros((2, 16, 16, 2), np.float32)
+    t[:, 4:12, 4:12, 0] = 1  # one 8 x 8 cell, no touching border
+    p = np.clip(t + 0.3, 0, 1).astype("float32")
+    ones = np.ones(t.shape[:-1] + (1,), np.float32)
+    np.testing.assert_allclose(np.asarray(weighted_bce_per_channel(t, p, ones)),
+                               np.asarray(bce_per_channel(t, p)), rtol=1e-5)
+    plain, outline = BceDiceLoss(dice_weight=0.0), BceDiceLoss(dice_weight=0.0,
+                                                                outline_weight=5.0)
+    # The same number of wrong pixels (8 per image): on the outline, or in a far corner.
+    p_edge, p_far = t.copy(), t.copy()
+    p_edge[:, 4, 4:12, 0] = 0.0
+    p_far[:, 0, 0:8, 0] = 1.0
+    p_edge, p_far = p_edge.clip(0.01, 0.99), p_far.clip(0.01, 0.99)
+    assert float(plain(t, p_edge)) == pytest.approx(float(plain(t, p_far)), rel=1e-5)
+    assert float(outline(t, p_edge)) > 2.0 * float(outline(t, p_far))
+    again = BceDiceLoss.from_config(outline.get_config())
+    assert again.outline_weight == 5.0 and again.outline_width == 2
+    with pytest.raises(ValueError, match="outline_weight"):
+        BceDiceLoss(outline_weight=-1.0)
 
 
 def test_body_metrics():

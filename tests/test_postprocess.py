@@ -120,6 +120,24 @@ def test_min_area_and_min_seed_area():
     assert decode_instances(probs, min_area=5, min_seed_area=30, keep_unseeded=False).max() == 1
 
 
+def test_smooth_sigma_removes_a_spur_and_keeps_the_cell():
+    """A one-pixel spur on a disk's outline is thresholded in at sigma 0 and smoothed away at
+    sigma 1; the disk stays one cell of about its area; sigma must be >= 0."""
+    yy, xx = np.mgrid[:40, :40]
+    body = ((yy - 20) ** 2 + (xx - 20) ** 2 <= 8 ** 2).astype(np.float32)
+    body[20, 29:33] = 1.0  # a thin spur
+    probs = np.stack([body, np.zeros_like(body)], -1)
+    kw = {"min_seed_area": 1, "min_area": 1, "mask_threshold": 0.5}
+    plain = decode_instances(probs, **kw)
+    smooth = decode_instances(probs, smooth_sigma=1.0, **kw)
+    assert plain[20, 31] > 0 and smooth[20, 31] == 0
+    assert smooth.max() == 1 and abs((smooth > 0).sum() - np.pi * 64) < 0.1 * np.pi * 64
+    np.testing.assert_array_equal(decode_instances(probs, smooth_sigma=0.0),
+                                  decode_instances(probs))
+    with pytest.raises(ValueError, match="smooth_sigma"):
+        decode_instances(probs, smooth_sigma=-1)
+
+
 def test_fill_holes_knob():
     shape = (50, 50)
     ring = _disk(shape, (25, 25), 15) & ~_disk(shape, (25, 25), 5)
