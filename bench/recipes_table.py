@@ -6,8 +6,9 @@
 
 Each ``--run NAME=LABEL`` is a ``bench/results/NAME.json`` written by ``real_cv.py`` (same
 folds, same images); the table puts their per-type scores (untuned, tuned held out, tuned
-in-sample) side by side with the difference to the first run, plus each run's training epochs
-and minutes, and saves ``bench/results/<name>.{md,json}``. It reads results only; nothing is
+in-sample) side by side with the difference to the first run, the mean IoU of matched cells
+and the score with perfect outlines (tuned in-sample), plus each run's training epochs and
+minutes, and saves ``bench/results/<name>.{md,json}``. It reads results only; nothing is
 trained here.
 """
 
@@ -54,8 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     headers = ["recipe", "cell type", "images"]
     for _, title in SCORES:
         headers += [title, "vs first"]
+    headers += ["mean matched IoU", "perfect outlines"]
     rows, table = [], []
     for name, label, doc in runs:
+        errors = {e["cell_type"]: e for e in doc["results"].get("errors", [])}
         for r in doc["results"]["summary"]:
             row: list[Any] = [label, r["cell_type"], r["images"]]
             rec = {"run": name, "label": label, "cell_type": r["cell_type"],
@@ -65,19 +68,25 @@ def main(argv: list[str] | None = None) -> int:
                 row += [r[key], None if name == runs[0][0] else delta]
                 rec[key] = r[key]
                 rec[f"{key}_delta"] = delta
+            err = errors.get(r["cell_type"], {})
+            # Runs measured before the what-if scores existed have no score_outlines.
+            row += [err.get("mean_iou"), err.get("score_outlines")]
+            rec["mean_iou"] = err.get("mean_iou")
+            rec["score_outlines"] = err.get("score_outlines")
             rows.append(row)
             table.append(rec)
-    setup = [[label, doc["params"].get("exp"), ", ".join(doc["params"].get("overrides") or [])
+    setup = [[label, doc["params"].get("exp"), doc["params"].get("config", "–"), ", ".join(doc["params"].get("overrides") or [])
               or "–", "; ".join(f"fold {k}: {v['epochs']} epochs, {v['train_min']} min"
                                for k, v in doc["results"]["folds"].items()), doc["date"]]
              for _, label, doc in runs]
     body = "\n".join([
         common.markdown_table(headers, rows, digits=4),
         "",
-        "Runs (all `configs/real_cpu.yaml`, folds 0 and 1 of 5, the same 16 out-of-fold "
-        "images; train.py overrides as given):",
+        "Runs (folds 0 and 1 of 5, the same 16 out-of-fold images; config and train.py "
+        "overrides as given):",
         "",
-        common.markdown_table(["recipe", "experiment", "overrides", "training", "measured"],
+        common.markdown_table(["recipe", "experiment", "config", "overrides", "training",
+                               "measured"],
                               setup),
     ])
     report = common.make_report(args.name, {"runs": args.run}, {"rows": table},
