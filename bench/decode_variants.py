@@ -28,11 +28,14 @@ def variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     """(name, fixed knobs, extra search ranges) of every variant, the reference first."""
     from cellseg.postprocess.search_space import SearchRange
 
+    smooth = {"smooth_sigma": SearchRange("float", 0.0, 2.0)}
+    split = {"split_height": SearchRange("float", 0.0, 4.0)}
     return [
         ("tune.py's search (reference)", {}, {}),
-        ("smooth_sigma 0.75 fixed", {"smooth_sigma": 0.75}, {}),
-        ("smooth_sigma 1.5 fixed", {"smooth_sigma": 1.5}, {}),
-        ("smooth_sigma tuned 0-2", {}, {"smooth_sigma": SearchRange("float", 0.0, 2.0)}),
+        ("smooth_sigma 1.0 fixed", {"smooth_sigma": 1.0}, {}),
+        ("smooth_sigma tuned 0-2", {}, smooth),
+        ("split_height tuned 0-4", {}, split),
+        ("smooth_sigma + split_height tuned", {}, {**smooth, **split}),
     ]
 
 

@@ -138,6 +138,23 @@ def test_smooth_sigma_removes_a_spur_and_keeps_the_cell():
         decode_instances(probs, smooth_sigma=-1)
 
 
+def test_split_height_splits_two_touching_disks_without_a_border():
+    """Two overlapping disks with no border channel: one seed region with a neck. split_height
+    1 gives two cells of about equal size; a height above the disks' radius keeps one."""
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 20) ** 2 <= 10 ** 2
+    b = (yy - 20) ** 2 + (xx - 38) ** 2 <= 10 ** 2
+    body = (a | b).astype(np.float32)
+    probs = np.stack([body, np.zeros_like(body)], -1)
+    assert decode_instances(probs).max() == 1
+    two = decode_instances(probs, split_height=1.0)
+    assert two.max() == 2
+    areas = np.bincount(two.ravel())[1:]
+    assert abs(int(areas[0]) - int(areas[1])) < 0.1 * areas.sum()
+    assert two[20, 20] != two[20, 38]
+    assert decode_instances(probs, split_height=20.0).max() == 1
+
+
 def test_fill_holes_knob():
     shape = (50, 50)
     ring = _disk(shape, (25, 25), 15) & ~_disk(shape, (25, 25), 5)

@@ -154,6 +154,23 @@ def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     return lut[labels]
 
 
+def _split_seeds(markers: np.ndarray, height: float, structure: np.ndarray) -> np.ndarray:
+    """Seeds from the h-maxima of each seed region's distance transform; a region with no
+    maximum that high keeps itself as one seed (a small cell is never lost)."""
+    from skimage.morphology import h_maxima
+
+    dist = ndimage.distance_transform_edt(markers > 0)
+    peaks, n_peaks = ndimage.label(h_maxima(dist, height) > 0, structure=structure)
+    peaks[markers == 0] = 0
+    has_peak = np.zeros(int(markers.max()) + 1, bool)
+    has_peak[markers[peaks > 0]] = True
+    has_peak[0] = True
+    lone = ~has_peak[markers]  # seed pixels of regions without a peak
+    out = np.where(lone, markers + n_peaks, peaks)
+    return _drop_small(watershed(-dist, out, mask=markers > 0, connectivity=1)
+                       .astype(np.int32), 1)
+
+
 def fill_holes_per_instance(labels: np.ndarray) -> np.ndarray:
     """Fill background holes that lie inside exactly one instance.
 
@@ -216,6 +233,7 @@ def decode_instances(
     compactness: float = 0.0,
     connectivity: int = 1,
     smooth_sigma: float = 0.0,
+    split_height: float = 0.0,
 ) -> np.ndarray:
     """Turn the network's body / touching-border probabilities into an instance label image.
 
@@ -243,6 +261,10 @@ def decode_instances(
         connectivity: 1 = 4-neighbour, 2 = 8-neighbour, for seeds, regions and flooding.
         smooth_sigma: Gaussian sigma (px) applied to both maps before thresholding; 0 = none.
             Annotators draw smooth outlines, a pixel-wise threshold of a noisy map does not.
+        split_height: > 0 splits a seed region with two or more necks: its seeds become the
+            maxima of the region's distance transform that stand at least this many pixels
+            above their surroundings (h-maxima), so two touching cells whose border the
+            network missed still get two seeds; 0 = off.
 
     Returns:
         int32 label image H x W: 0 = background, instances 1..n consecutive, no overlaps.
@@ -260,6 +282,7 @@ def decode_instances(
     compactness = _check_float("compactness", compactness)
     connectivity = _check_connectivity(connectivity)
     smooth_sigma = _check_float("smooth_sigma", smooth_sigma)
+    split_height = _check_float("split_height", split_height)
     structure = _structure(connectivity)
     if smooth_sigma > 0:
         body = ndimage.gaussian_filter(body.astype(np.float32), smooth_sigma, mode="nearest")
@@ -275,6 +298,8 @@ def decode_instances(
     markers, _ = ndimage.label((score > seed_threshold) & mask, structure=structure)
     if min_seed_area > 1:
         markers = _drop_small(markers, min_seed_area)
+    if split_height > 0 and markers.any():
+        markers = _split_seeds(markers, split_height, structure)
     if markers.any():
         labels = watershed(
             -score, markers, mask=mask, connectivity=connectivity, compactness=compactness
