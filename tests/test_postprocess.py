@@ -155,6 +155,24 @@ def test_split_height_splits_two_touching_disks_without_a_border():
     assert decode_instances(probs, split_height=20.0).max() == 1
 
 
+def test_centre_channel_seeds_split_touching_disks():
+    """Body alone merges two touching disks; a centre channel (low on each outline) seeds
+    them apart, and the cells keep the body's extent."""
+    from cellseg.model.targets import centre_map
+
+    yy, xx = np.mgrid[:40, :60]
+    labels = np.zeros((40, 60), np.int32)
+    labels[(yy - 20) ** 2 + (xx - 20) ** 2 <= 10 ** 2] = 1
+    labels[((yy - 20) ** 2 + (xx - 38) ** 2 <= 10 ** 2) & (labels == 0)] = 2
+    body = (labels > 0).astype(np.float32)
+    two_channels = np.stack([body, np.zeros_like(body)], -1)
+    assert decode_instances(two_channels).max() == 1
+    three = np.concatenate([two_channels, centre_map(labels)[..., None]], -1)
+    out = decode_instances(three, seed_threshold=0.5)
+    assert out.max() == 2 and out[20, 20] != out[20, 38]
+    assert ((out > 0) == (labels > 0)).all()
+
+
 def test_fill_holes_knob():
     shape = (50, 50)
     ring = _disk(shape, (25, 25), 15) & ~_disk(shape, (25, 25), 5)

@@ -4,7 +4,7 @@ import pytest
 from cellseg.config import AugmentConfig, load_config
 from cellseg.data import rle
 from cellseg.data.dataset import decode_annotations
-from cellseg.model.targets import TargetCache, annotation_key, make_targets
+from cellseg.model.targets import TargetCache, annotation_key, make_targets, targets_as_float
 from cellseg.train.augment import apply, build_augment
 from cellseg.train.batches import Sample, TrainBatches
 
@@ -123,3 +123,25 @@ def test_band_radius_cap_changes_targets_and_cache_key(tmp_path):
     np.testing.assert_array_equal(got, thin)
     again = TargetCache(tmp_path).get("a", rows, lambda: inst)  # default cap: not the thin one
     np.testing.assert_array_equal(again, wide)
+
+
+def test_centre_channel_peaks_inside_each_cell_and_splits_touching_cells(tmp_path):
+    """Two touching squares: the centre map is 1 at each cell's middle, falls toward its
+    outline (lowest on the touching line), is 0 on background; uint8 0..255 on disk, [0, 1]
+    through targets_as_float; cached under its own key."""
+    s = (20, 30)
+    a, b = box(s, 5, 15, 5, 15), box(s, 5, 15, 15, 25)
+    inst = decode_annotations([rle.encode(a), rle.encode(b)], s)
+    labels = inst.labels
+    t = make_targets(inst, radius=1, n_targets=3)
+    assert t.shape == (20, 30, 3) and t.dtype == np.uint8
+    c = targets_as_float(t)[..., 2]
+    assert c.max() == 1.0 and c[labels == 0].max() == 0.0
+    assert c[9, 9] > 0.7 and c[9, 14] < 0.3 and c[9, 15] < 0.3  # the touching line is low
+    np.testing.assert_array_equal(targets_as_float(t)[..., :2], t[..., :2])
+    rows = ["1 1"]
+    assert annotation_key(rows, n_targets=3) != annotation_key(rows)
+    got = TargetCache(tmp_path, n_targets=3).get("a", rows, lambda: inst)
+    np.testing.assert_array_equal(got, t)
+    with pytest.raises(ValueError, match="n_targets"):
+        make_targets(inst, n_targets=4)

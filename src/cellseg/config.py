@@ -46,7 +46,7 @@ class ModelConfig:
     attention: bool = True  # additive attention gates on skip inputs
     deep_supervision: bool = True  # 1x1 heads on X^{0,1..L}; False = one head on X^{0,L}
     cell_type_head: bool = True
-    n_targets: int = 2  # output channels per head: body, touching border
+    n_targets: int = 2  # output channels per head: body, touching border (3: + centre map)
     dropout: float = 0.0
     norm: str = "batch"  # "batch" or "none"
 
@@ -316,7 +316,7 @@ def parse_extra(entry: str) -> tuple[str, float]:
 _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("", "seed"): (0, None, False),
     ("data", "folds_seed"): (0, None, False),
-    ("model", "n_targets"): (1, None, False),
+    ("model", "n_targets"): (2, 3, False),
     ("model", "dropout"): (0, 1, False),
     ("augment", "crop_size"): (0, None, True),
     ("augment", "foreground_crop_p"): (0, 1, False),

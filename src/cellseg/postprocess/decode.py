@@ -6,7 +6,8 @@ could not split crowded shsy5y cells (docs/design.md section 4). The network her
 2018 Data Science Bowl winners did:
 
 1. seed score = body * (1 - border): high in cell centres, low on the band between two
-   touching cells, so touching cells get separate seeds;
+   touching cells, so touching cells get separate seeds (a network with a third, centre
+   channel uses centre * (1 - border): low on every outline, touching or not);
 2. seeds = connected components of ``score > seed_threshold`` (tiny ones dropped);
 3. mask = ``body > mask_threshold`` (looser than the seeds, so cells keep their full extent);
 4. marker-controlled watershed of ``-score`` inside the mask: fronts from neighbouring seeds
@@ -92,8 +93,9 @@ def _check_connectivity(value: Any) -> int:
     return int(value)
 
 
-def _check_probs(probs: Any) -> tuple[np.ndarray, np.ndarray | None]:
-    """Validate a probability map and return (body, border or None) as float32 views."""
+def _check_probs(probs: Any) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Validate a probability map and return (body, border or None, centre or None) as
+    float32 views."""
     if not isinstance(probs, np.ndarray):
         raise ValueError(f"probs must be a numpy array, got {type(probs).__name__}")
     if probs.ndim == 2:
@@ -116,7 +118,7 @@ def _check_probs(probs: Any) -> tuple[np.ndarray, np.ndarray | None]:
             f"probs must be floating-point probabilities in [0, 1], got dtype {probs.dtype} "
             f"(divide 8-bit maps by 255 first)"
         )
-    used = probs[..., : min(channels, 2)]
+    used = probs[..., : min(channels, 3)]
     lo, hi = float(used.min()), float(used.max())
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise ValueError("probs contains NaN or infinite values")
@@ -127,7 +129,8 @@ def _check_probs(probs: Any) -> tuple[np.ndarray, np.ndarray | None]:
         )
     body = np.asarray(probs[..., 0], np.float32)
     border = np.asarray(probs[..., 1], np.float32) if channels > 1 else None
-    return body, border
+    centre = np.asarray(probs[..., 2], np.float32) if channels > 2 else None
+    return body, border, centre
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,9 +242,12 @@ def decode_instances(
 
     Args:
         probs: float array H x W x C in [0, 1]; channel 0 = cell body probability, channel 1
-            (optional) = touching-border band probability; further channels are ignored.
+            (optional) = touching-border band probability, channel 2 (optional) = the centre
+            map (:func:`cellseg.model.targets.centre_map`), which then replaces the body in
+            the seed score; further channels are ignored.
             An H x W array is taken as the body alone (no border channel).
-        seed_threshold: seeds are connected components of ``body * (1 - border)`` above this.
+        seed_threshold: seeds are connected components of ``body * (1 - border)`` (``centre
+            * (1 - border)`` with a centre channel) above this.
             Higher = fewer, more certain seeds (more merges); lower = more splits.
         mask_threshold: pixels with ``body`` above this can belong to a cell. Seeds are
             intersected with the mask, so it need not be below ``seed_threshold``.
@@ -272,7 +278,7 @@ def decode_instances(
     Raises:
         ValueError: ``probs`` not a float H x W x C array in [0, 1], or a knob out of range.
     """
-    body, border = _check_probs(probs)
+    body, border, centre = _check_probs(probs)
     seed_threshold = _check_fraction("seed_threshold", seed_threshold)
     mask_threshold = _check_fraction("mask_threshold", mask_threshold)
     min_seed_area = _check_int("min_seed_area", min_seed_area)
@@ -290,7 +296,9 @@ def decode_instances(
             border = ndimage.gaussian_filter(border.astype(np.float32), smooth_sigma,
                                              mode="nearest")
 
-    score = body if border is None else body * (1.0 - np.clip(border, 0.0, 1.0))
+    score = body if centre is None else np.clip(centre, 0.0, 1.0)
+    if border is not None:
+        score = score * (1.0 - np.clip(border, 0.0, 1.0))
     mask = body > mask_threshold
     if not mask.any():
         return np.zeros(body.shape, np.int32)

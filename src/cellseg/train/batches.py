@@ -20,7 +20,12 @@ from cellseg.config import Config
 from cellseg.constants import CELL_TYPE_INDEX
 from cellseg.data.dataset import Instances, TrainData
 from cellseg.infer.maps import normalize_image
-from cellseg.model.targets import DEFAULT_MAX_RADIUS, TargetCache, make_targets
+from cellseg.model.targets import (
+    DEFAULT_MAX_RADIUS,
+    TargetCache,
+    make_targets,
+    targets_as_float,
+)
 from cellseg.train import augment
 
 
@@ -38,11 +43,12 @@ class Sample:
 
 def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None = None,
                  keep_instances: bool = False, desc: str = "loading",
-                 max_radius: int = DEFAULT_MAX_RADIUS) -> list[Sample]:
+                 max_radius: int = DEFAULT_MAX_RADIUS, n_targets: int = 2) -> list[Sample]:
     """Load images and (cached) targets of ``ids``, with a progress bar.
 
-    ``max_radius``: cap of the touching band's half-width (``train.border_radius_max``)."""
-    cache = TargetCache(cache_dir, max_radius) if cache_dir else None
+    ``max_radius``: cap of the touching band's half-width (``train.border_radius_max``);
+    ``n_targets``: target channels (``model.n_targets``)."""
+    cache = TargetCache(cache_dir, max_radius, n_targets) if cache_dir else None
     annotations = data.table["annotation"].to_numpy()
     samples = []
     for image_id in tqdm(ids, desc=desc, unit="img", leave=False):
@@ -53,7 +59,7 @@ def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None =
             targets = cache.get(image_id, annotations[rows],
                                 lambda i=image_id, inst=inst: inst or data.load_instances(i))
         else:
-            targets = make_targets(inst, max_radius=max_radius)
+            targets = make_targets(inst, max_radius=max_radius, n_targets=n_targets)
         samples.append(Sample(image_id, data.cell_type(image_id), image, targets,
                               inst if keep_instances else None))
     return samples
@@ -143,6 +149,6 @@ class TrainBatches(keras.utils.PyDataset):
             aug.set_random_seed(int(rng.integers(2**31 - 1)))
             image, targets = augment.apply(aug, s.image, s.targets)
             x[b, ..., 0] = normalize_image(image)
-            t[b] = targets
+            t[b] = targets_as_float(targets)
             types[b] = CELL_TYPE_INDEX[s.cell_type]
         return x, make_batch_targets(t, types, self.output_names)

@@ -31,6 +31,7 @@ from cellseg.evaluate.metric import match
 from cellseg.evaluate.viz import plot_curves
 from cellseg.experiment import BEST_MODEL, CURVES_FILE, HISTORY_FILE, LAST_MODEL, STATE_FILE
 from cellseg.infer.maps import normalize_image, predict_images
+from cellseg.model.targets import targets_as_float
 from cellseg.postprocess.decode import decode_with_params
 from cellseg.train.batches import Sample
 
@@ -68,7 +69,7 @@ def validate_images(models, samples: list[Sample], cfg: Config, heads: str = "me
         if type_probs is not None:
             ct = type_probs[s.image_id]
         preds.append((probs, ct))
-        t = s.targets.astype(np.float32)
+        t = targets_as_float(s.targets)
         loss = 0.0
         for c, w in enumerate((tw.body_weight, tw.border_weight)[: t.shape[-1]]):
             loss += w * (tw.bce_weight * _bce(probs[..., c], t[..., c])

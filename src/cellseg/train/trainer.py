@@ -153,7 +153,7 @@ def load_extra_samples(cfg: Config, exclude_ids: set[str], max_radius: int) -> l
         else:
             cache_dir = str(Path(root) / ".cache")
         extra = load_samples(data, ids, cache_dir, desc=f"extra {Path(root).name}",
-                             max_radius=max_radius)
+                             max_radius=max_radius, n_targets=cfg.model.n_targets)
         for sample in extra:
             sample.weight = weight
         print(f"extra data {root}: {len(extra)} images, weight {weight:g}", flush=True)
@@ -225,12 +225,12 @@ def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = 
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.root) / ".cache")
     print(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation images "
           f"-> {fold_dir} (replicas: {strategy.num_replicas_in_sync})", flush=True)
-    radius = cfg.train.border_radius_max
+    radius, n_targets = cfg.train.border_radius_max, cfg.model.n_targets
     train_samples = load_samples(data, train_ids, cache_dir, desc="train images",
-                                 max_radius=radius)
+                                 max_radius=radius, n_targets=n_targets)
     train_samples += load_extra_samples(cfg, set(val_ids), radius)
     val_samples = load_samples(data, val_ids, cache_dir, keep_instances=True, max_radius=radius,
-                               desc="val images")
+                               desc="val images", n_targets=n_targets)
     if cfg.train.init_from and not resume and not Path(cfg.train.init_from).is_file():
         raise TrainingError(f"train.init_from: {cfg.train.init_from} not found (expected a "
                             f".keras model, e.g. output/<exp>/fold0/best.keras; configs/"
