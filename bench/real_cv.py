@@ -2,7 +2,8 @@
 
     python bench/real_cv.py                       # folds 0,1 of 5 with configs/real_cpu.yaml
     python bench/real_cv.py --folds 0,1,2,3,4     # every real image out of fold
-    python bench/real_cv.py --exp r1 --skip-train # analyse an experiment already trained
+    python bench/real_cv.py --exp r1 --skip-train # tune and analyse an experiment already trained
+    python bench/real_cv.py --exp r1 --analyse-only  # re-analyse a finished run as it is
 
 Runs exactly the user's commands (``make_folds.py``, ``train.py --fold K --config C
 --data-dir ROOT``, ``tune.py``) as subprocesses on a data root that links to
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-folds", type=int, default=5, help="folds of make_folds.py (default 5)")
     p.add_argument("--skip-train", action="store_true",
                    help="use the experiment's trained folds as they are")
+    p.add_argument("--analyse-only", action="store_true",
+                   help="no training and no tuning: re-analyse a finished run's OOF maps and "
+                   "tuned parameters (e.g. with a newer error analysis)")
     p.add_argument("--reuse", action="store_true", help="keep folds that already finished")
     p.add_argument("--n-trials", type=int, default=None, help="Optuna trials per type")
     p.add_argument("--set", dest="overrides", action="append", default=[],
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     log: list[dict[str, Any]] = []
     t_chain = time.time()
     link_root(source, root)
-    if not args.skip_train:
+    if not (args.skip_train or args.analyse_only):
         if not (root / "folds.csv").is_file():
             run(["src/make_folds.py", "--data-dir", str(root), "--n-folds", str(args.n_folds),
                  "--seed", "42"], log)
@@ -250,9 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg, exp_dir, _ = resolve_config(args.config, exp=args.exp, config_explicit=True)
     n_trials = args.n_trials or cfg.tune.n_trials
     storage = exp_dir / f"tuning-{models_digest(exp_dir, folds)}.db"
-    run(["src/tune.py", "--exp", args.exp, "--config", args.config, "--folds",
-         ",".join(map(str, folds)), "--n-trials", str(n_trials), "--storage",
-         f"sqlite:///{storage}", "--no-plots"], log)
+    if not args.analyse_only:
+        run(["src/tune.py", "--exp", args.exp, "--config", args.config, "--folds",
+             ",".join(map(str, folds)), "--n-trials", str(n_trials), "--storage",
+             f"sqlite:///{storage}", "--no-plots"], log)
     chain_s = time.time() - t_chain
     print("analysing OOF maps ...", flush=True)
     results = analyse(cfg, exp_dir, folds, n_trials, args.n_overlays,
@@ -264,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads((exp_dir / f"fold{k}" / "result.json").read_text())
         train_s[k] = {"train_min": round(res["train_seconds"] / 60, 2),
                       "epochs": res["epochs_run"], "best_epoch": res["best_epoch"]}
-    results.update(steps=log, chain_minutes=round(chain_s / 60, 2), folds=train_s)
+    results.update(steps=log, folds=train_s,
+                   chain_minutes=None if args.analyse_only else round(chain_s / 60, 2))
     headers = ["cell type", "images", "untuned", "tuned (held out)", "tuned (in-sample)",
                "as inferred", "type accuracy"]
     rows = [[r["cell_type"], r["images"], r["untuned"], r["tuned_held_out"],
@@ -285,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     results["type_confusion"] = {t: confusion.loc[t].to_dict() for t in confusion.index}
     body = (f"Config `{args.config}`, experiment `{args.exp}`, folds {folds} of {args.n_folds} "
             f"({len(results['per_image'])} out-of-fold real images). Chain "
-            f"(make_folds + train + tune) {results['chain_minutes']} min; per fold: "
+            f"(make_folds + train + tune) "
+            f"{results['chain_minutes'] or 'not re-run (--analyse-only)'} min; per fold: "
             f"{train_s}.\n\n"
             + markdown_table(headers, rows, digits=4)
             + "\n\nWhere the points are lost (tuned in-sample post-processing, true cell "
