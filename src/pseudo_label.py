@@ -13,6 +13,10 @@ ROOT/source.json (experiment, folds, heads, TTA, post-processing, thresholds). A
 when its mean body probability is at least max(its type's tuned seed_threshold,
 (1 + mask_threshold) / 2, --min-confidence) and it grew from a seed of its own (see
 ``cellseg.infer.pseudo_labels``).
+
+The root is built in a temporary sibling of ROOT and swapped in when complete, so an
+--overwrite that fails or is killed keeps the old root. An unreadable image is skipped and
+listed in pseudo_images.csv with an ``error:`` line; the exit status is then 2.
 """
 
 from __future__ import annotations
