@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                     or args.cell_type_from_category:
                 raise CocoError("--to-coco ROOT takes only --annotations, --uncompressed and "
                                 "--overwrite")
+            if args.annotations.is_dir():
+                raise CocoError(f"--annotations {args.annotations}: is a folder; expected the "
+                                f"path of the COCO json file to write")
             if args.annotations.exists() and not args.overwrite:
                 raise CocoError(f"{args.annotations} exists; pass --overwrite to replace it")
             doc = root_to_coco(args.to_coco, compressed=not args.uncompressed)
@@ -106,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(exc).split("\n"))
         print(f"error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: the output is unchanged (a data root is written only when "
+              "complete); run the same command again", file=sys.stderr)
+        return 130
     finally:
         for bar in bars:
             bar.close()

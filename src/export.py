@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: exists and is not a folder")
+        from cellseg import fileio
+
+        fileio.recover_folder(out)  # a swap that a killed run left half-way
+        fileio.require_writable_folder(out, "--out")
+        fileio.require_writable_folder(out.absolute().parent, "--out's parent")
         if out.is_dir() and any(out.iterdir()) and not args.overwrite:
             raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
         cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds, announce=False)

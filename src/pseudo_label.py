@@ -13,6 +13,10 @@ ROOT/source.json (experiment, folds, heads, TTA, post-processing, thresholds). A
 when its mean body probability is at least max(its type's tuned seed_threshold,
 (1 + mask_threshold) / 2, --min-confidence) and it grew from a seed of its own (see
 ``cellseg.infer.pseudo_labels``).
+
+The root is built in a temporary sibling of ROOT and swapped in when complete, so an
+--overwrite that fails or is killed keeps the old root. An unreadable image is skipped and
+listed in pseudo_images.csv with an ``error:`` line; the exit status is then 2.
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import (
+from cellseg import fileio  # noqa: E402
+from cellseg.cli import (  # noqa: E402
     DEFAULT_CONFIG,
     USER_ERRORS,
     int_list,
@@ -70,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from cellseg.data.coco import check_root_out
     from cellseg.infer.pseudo_labels import PseudoLabelError, list_images, pseudo_label
 
     raw_argv = list(sys.argv if argv is None else ["src/pseudo_label.py", *argv])
@@ -79,10 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             value = getattr(args, name)
             if not 0.0 <= value <= 1.0:
                 raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
-        list_images(args.images)  # cheap: fail on a bad folder before TensorFlow starts
-        if args.out.is_dir() and any(args.out.iterdir()) and not args.overwrite:
-            raise PseudoLabelError(f"output directory {args.out} is not empty; pass --overwrite to "
-                              f"replace the data root there")
+        # cheap: fail on a bad folder or --out before TensorFlow starts
+        list_images(args.images)
+        check_root_out(args.out, args.overwrite, protect=(args.images,),
+                       error=PseudoLabelError)
         cfg, exp_dir, saved = resolve_experiment(args, folds=args.folds, announce=False)
         from cellseg.infer.ensemble import FoldEnsemble
 
@@ -110,14 +116,21 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
         bars.clear()
         return print_error(exc)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {args.out} is unchanged (the new root is written only when "
+              f"complete); run the same command again", file=sys.stderr)
+        return 130
     finally:
         for bar in bars:
             bar.close()
-    print(summary)
+    print(fileio.printable(str(summary)))
+    for msg in summary.errors:
+        print(f"error: {msg} (skipped; listed in {args.out / 'pseudo_images.csv'})",
+              file=sys.stderr)
     if summary.counts.get("images_written", 0) == 0:
         print("warning: no image was kept; lower --min-confidence / --min-type-prob / "
               "--min-kept-fraction or train longer", file=sys.stderr)
-    return 0
+    return 2 if summary.errors else 0
 
 
 if __name__ == "__main__":

@@ -9,8 +9,13 @@ whose outputs all exist; --shard K/N runs one of N disjoint parts of the sorted 
 ``--shard $SLURM_ARRAY_TASK_ID/10`` with ``--array=0-9``). The logic lives in
 ``cellseg.infer.segment_images``.
 
+Each image's outputs are recorded in DIR/NAME_segment.json (input and model hashes, folds,
+heads, TTA, scale, tiles, channel, tuned parameters, cell type); a re-run skips an image
+only when that record matches the run and the files, and redoes it otherwise.
+
 Exit status: 0 when every image was segmented or skipped, 2 on bad options or when any image
-failed (each failure is an ``error:`` line naming the file; the others are still done).
+failed (each failure is an ``error:`` line naming the file; the others are still done), 130
+after Ctrl-C (the summary of the finished images is written; re-run to finish).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cellseg import fileio  # noqa: E402
 from cellseg.cli import (  # noqa: E402
     DEFAULT_CONFIG,
     USER_ERRORS,
@@ -82,27 +88,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def _check_options(args: argparse.Namespace) -> None:
+    """Every option a number can make absurd, before any file or model is read."""
     from cellseg.exceptions import SegmentError
     from cellseg.infer import segment_images as seg
 
+    if args.scale is not None:
+        seg.check_scale(args.scale)
+    seg.check_positive(args.cell_diameter, "--cell-diameter")
+    seg.check_positive(args.reference_diameter, "--reference-diameter")
+    if args.tile < 0 or args.tile_overlap < 0:
+        raise SegmentError("--tile and --tile-overlap must be >= 0")
+    if args.tile and args.tile_overlap >= args.tile - 32:
+        raise SegmentError(f"--tile-overlap {args.tile_overlap} must be smaller than "
+                           f"--tile {args.tile} minus 32")
+    if args.channel is not None and args.channel < 0:
+        raise SegmentError(f"--channel must be >= 0, got {args.channel}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     try:
-        if args.scale is not None and not args.scale > 0:
-            raise SegmentError(f"--scale must be > 0, got {args.scale}")
-        if args.cell_diameter is not None and not args.cell_diameter > 0:
-            raise SegmentError(f"--cell-diameter must be > 0, got {args.cell_diameter}")
-        if args.tile < 0 or args.tile_overlap < 0:
-            raise SegmentError("--tile and --tile-overlap must be >= 0")
-        if args.tile and args.tile_overlap >= args.tile - 32:
-            raise SegmentError(f"--tile-overlap {args.tile_overlap} must be smaller than "
-                                   f"--tile {args.tile} minus 32")
-        if args.channel is not None and args.channel < 0:
-            raise SegmentError(f"--channel must be >= 0, got {args.channel}")
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise SegmentError(f"--out {out}: exists and is not a folder")
+        return _run(args)
+    except KeyboardInterrupt:  # before or after the image loop (the loop handles its own)
+        print("\ninterrupted; the outputs already written are kept; run the same command "
+              "again to finish", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from cellseg.infer import segment_images as seg
+
+    try:
+        _check_options(args)
         files = seg.collect_inputs(args.inputs, recursive=args.recursive)
+        out = seg.check_out_dir(args.out, args.inputs, files, recursive=args.recursive)
         names = seg.output_names(files)
         summary_name = "segment_summary.csv"
         if args.shard:
@@ -113,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         scale = args.scale if args.scale is not None else 1.0
         if args.cell_diameter is not None:
             ref = args.reference_diameter or seg.reference_diameter(cfg.data.root)
-            scale = ref / args.cell_diameter
+            scale = seg.check_scale(ref / args.cell_diameter,
+                                    f"--cell-diameter {args.cell_diameter:g} (scale = "
+                                    f"reference diameter {ref:.4g} / it)")
             print(f"scale {scale:.4g} = training median cell diameter {ref:.1f} px / "
                   f"{args.cell_diameter:g} px", flush=True)
         if not files:
@@ -123,20 +145,27 @@ def main(argv: list[str] | None = None) -> int:
 
         ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads,
                                 tta=args.tta, cell_type=args.cell_type)
+        print(f"{len(files)} image(s) -> {out}; experiment {exp_dir}: folds {ens.folds}, "
+              f"heads {ens.heads}, TTA {ens.tta}, cell type: {ens.cell_type_source}; scale "
+              f"{scale:g}, tile {args.tile or 'whole image'}", flush=True)
+        records = seg.run_segment(ens, files, out, names=names, channel=args.channel,
+                                  scale=scale, tile=args.tile, overlap=args.tile_overlap,
+                                  rois=args.roi, overwrite=args.overwrite,
+                                  progress=not args.no_progress, summary_name=summary_name)
     except USER_ERRORS as exc:
         return print_error(exc)
-    print(f"{len(files)} image(s) -> {out}; experiment {exp_dir}: folds {ens.folds}, heads "
-          f"{ens.heads}, TTA {ens.tta}, cell type: {ens.cell_type_source}; scale {scale:g}, "
-          f"tile {args.tile or 'whole image'}", flush=True)
-    records = seg.run_segment(ens, files, out, names=names, channel=args.channel, scale=scale,
-                              tile=args.tile, overlap=args.tile_overlap, rois=args.roi,
-                              overwrite=args.overwrite, progress=not args.no_progress,
-                              summary_name=summary_name)
     print(seg.format_summary(records), flush=True)
     big = [r for r in records if r.label_dtype == "uint32"]
     if big:
         print(f"note: {len(big)} label image(s) hold more than 65,535 cells and are uint32 "
               f"TIFFs (napari, QuPath and Fiji's Bio-Formats importer open them)")
+    undone = [fileio.printable(r.name) for r in records if r.status == seg.NOT_DONE]
+    if undone:
+        print(f"interrupted: {len(undone)} image(s) not done ("
+              + ", ".join(undone[:10]) + (", ..." if len(undone) > 10 else "")
+              + f"); the summary of the finished ones is in {out / summary_name}; run the "
+              f"same command again to finish", file=sys.stderr)
+        return 130
     return 2 if any(r.status == "failed" for r in records) else 0
 
 

@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.require_data(cfg)
         trainer.train_fold(cfg, args.fold, resume=args.resume, overwrite=args.overwrite)
     except USER_ERRORS as exc:
-        return print_error(exc)
+        return print_error(exc, end_stdout_line=True)
     except KeyboardInterrupt:
         if cfg is None:
             print("\ninterrupted", file=sys.stderr)

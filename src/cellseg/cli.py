@@ -84,9 +84,16 @@ def resolve_experiment(args: argparse.Namespace, overrides: list[str] | None = N
     return cfg, exp_dir, saved
 
 
-def print_error(exc: BaseException) -> int:
-    """One ``error:`` line on stderr (a multi-line message joined); returns exit status 2."""
-    print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+def print_error(exc: BaseException, end_stdout_line: bool = False) -> int:
+    """One ``error:`` line on stderr (a multi-line message joined); returns exit status 2.
+
+    ``end_stdout_line``: first end the line a progress bar may have left open on stdout
+    (Keras' bar has no newline until its epoch ends), so that with ``2>&1`` the message
+    still starts its own line.
+    """
+    if end_stdout_line:
+        print(file=sys.stdout, flush=True)
+    print(f"error: {' '.join(str(exc).splitlines())}", file=sys.stderr, flush=True)
     return EXIT_BAD_INPUT
 
 

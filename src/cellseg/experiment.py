@@ -97,6 +97,17 @@ def is_finished(fold_path: str | os.PathLike) -> bool:
     return (Path(fold_path) / RESULT_FILE).is_file()
 
 
+def _replaced_hint(fold_path: Path) -> str:
+    """The way back when a killed ``train.py --overwrite`` left the finished model only in
+    ``fold<K>.replaced/`` (else ""). Why: "no trained model" alone hides the backup."""
+    aside = fold_path.with_name(fold_path.name + REPLACED_SUFFIX)
+    if not (aside / BEST_MODEL).is_file():
+        return ""
+    return (f"the previous finished run is kept in {aside} (a train.py --overwrite of it did "
+            f"not finish): to use it, remove {fold_path} and rename {aside} to "
+            f"{fold_path.name}; or ")
+
+
 def find_fold_models(exp_dir: str | os.PathLike, folds: Sequence[int] | None = None
                      ) -> list[tuple[int, Path]]:
     """The ``fold<K>/best.keras`` files of an experiment, sorted by fold.
@@ -121,21 +132,28 @@ def find_fold_models(exp_dir: str | os.PathLike, folds: Sequence[int] | None = N
         if missing:
             k, path = missing[0]
             raise InferenceError(
-                f"{path} not found: fold {k} has no trained model; train it with "
-                f"`python src/train.py --fold {k} --exp {exp_dir.name}` or leave it out of --folds"
+                f"{path} not found: fold {k} has no trained model; {_replaced_hint(path.parent)}"
+                f"train it with `python src/train.py --fold {k} --exp {exp_dir.name}` or leave "
+                f"it out of --folds"
             )
     else:
         found = [(k, d / BEST_MODEL) for k, d in fold_dirs(exp_dir) if (d / BEST_MODEL).is_file()]
         if not found:
             where = exp_dir if exp_dir.is_dir() else f"{exp_dir} (folder does not exist)"
+            hints = "".join(
+                _replaced_hint(d.with_name(d.name[:-len(REPLACED_SUFFIX)]))
+                for d in sorted(exp_dir.glob(f"fold*{REPLACED_SUFFIX}"))) if exp_dir.is_dir() \
+                else ""
             raise InferenceError(
-                f"no trained model in {where}: expected fold<K>/{BEST_MODEL}; train one with "
-                f"`python src/train.py --fold K --exp {exp_dir.name}` (K = 0, 1, ...)"
+                f"no trained model in {where}: expected fold<K>/{BEST_MODEL}; {hints}train one "
+                f"with `python src/train.py --fold K --exp {exp_dir.name}` (K = 0, 1, ...)"
             )
     for k, path in found:
         if not is_finished(path.parent):
+            hint = _replaced_hint(path.parent)
             warnings.warn(f"{path.parent}: no {RESULT_FILE}, so fold {k}'s training did not "
-                          f"finish; using its best model so far", stacklevel=2)
+                          f"finish; using its best model so far"
+                          + (f" ({hint.removesuffix('; or ')})" if hint else ""), stacklevel=2)
     return found
 
 

@@ -26,7 +26,6 @@ import datetime as _dt
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -203,26 +202,43 @@ class ConvertSummary:
         return "\n".join(lines)
 
 
-def prepare_root(out: Path, overwrite: bool, protect: Sequence[Path] = ()) -> None:
-    """Make ``out`` ready for a new data root: refuse a non-empty folder unless ``overwrite``;
-    with it, remove only what a data root holds (never the inputs in ``protect``)."""
+#: What a converter's data root holds (``pseudo_images.csv`` is pseudo_label's; ``.cache`` the
+#: trainer's targets, stale for new masks). ``--overwrite`` replaces exactly these; the user's
+#: other files in the folder are kept.
+ROOT_ENTRIES: tuple[str, ...] = ("train", "train.csv", "folds.csv", SOURCE_FILE,
+                                 "pseudo_images.csv", ".cache")
+
+
+def keep_user_entry(name: str) -> bool:
+    """``carry`` of :func:`cellseg.fileio.replace_folder`: a file the data root does not own."""
+    return name not in ROOT_ENTRIES
+
+
+def check_root_out(out: Path, overwrite: bool, protect: Sequence[Path] = (),
+                   error: type[Exception] = CocoError) -> None:
+    """Check, before any work, that a new data root can go to ``out``: a folder (or absent)
+    that this user can write, not holding an input (``protect``), empty unless ``overwrite``.
+
+    Finishes a replacement that a killed run left half-way first
+    (:func:`cellseg.fileio.recover_folder`), so the check sees the root as it really is.
+    Creates nothing; the root is then built with :func:`cellseg.fileio.replace_folder`.
+    """
+    out = Path(out)
+    fileio.recover_folder(out, carry=keep_user_entry)
     if out.exists() and not out.is_dir():
-        raise CocoError(f"output path {out} exists and is not a directory")
+        raise error(f"--out {out}: exists and is not a folder; expected a folder for the data "
+                    f"root")
+    fileio.require_writable_folder(Path(os.path.abspath(out)).parent, "--out's parent")
+    fileio.require_writable_folder(out, "--out")
     resolved = out.resolve()
     for p in protect:
         rp = Path(p).resolve()
         if rp == resolved or resolved / "train" in (rp, *rp.parents):
-            raise CocoError(f"input {p} lies inside the output data root {out}; choose "
-                            f"another --out")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise CocoError(f"output directory {out} is not empty; pass --overwrite to "
-                            f"replace the data root there")
-        if (out / "train").is_dir():
-            shutil.rmtree(out / "train")
-        for name in ("train.csv", "folds.csv", SOURCE_FILE):
-            (out / name).unlink(missing_ok=True)
-    (out / "train").mkdir(parents=True, exist_ok=True)
+            raise error(f"input {p} lies inside the output data root {out}; choose "
+                        f"another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise error(f"output directory {out} is not empty; pass --overwrite to replace the "
+                    f"data root there")
 
 
 def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
@@ -263,6 +279,7 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
     mapping = {**DEFAULT_LINE_MAP, **{k.upper(): v for k, v in (type_map or {}).items()}}
     if not images_dir.is_dir():
         raise CocoError(f"{images_dir}: images folder not found")
+    check_root_out(out, overwrite, protect=(images_dir, annotations))
     doc = load_coco(annotations)
     cats = {_key(c.get("id")): str(c.get("name", "")) for c in doc["categories"]
             if isinstance(c, dict)}
@@ -298,6 +315,7 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
     by_rel, by_name = _index_images(images_dir)
     plan: list[tuple[str, dict[str, Any], Path, str, str]] = []
     taken: set[str] = set()
+    file_of: dict[Path, Any] = {}  # file -> the image id that uses it
     counts = {"images_in_json": len(entries), "annotations_in_json": len(doc["annotations"]),
               "skipped_images_without_annotations": 0, "skipped_images_unmapped_type": 0,
               "skipped_crowd_annotations": n_crowd}
@@ -316,7 +334,12 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
             if kind is None:
                 unmapped[line] = unmapped.get(line, 0) + 1
         else:
-            names = {cats.get(_key(a.get("category_id")), "") for a in anns}
+            for a in anns:
+                if _key(a.get("category_id")) not in cats:
+                    raise CocoError(f"{annotations}: annotation id {a['id']!r} ({where}) has "
+                                    f"category_id {a.get('category_id')!r}, which is not in "
+                                    f"'categories' (ids {sorted(cats)}); expected one of them")
+            names = {cats[_key(a.get("category_id"))] for a in anns}
             kinds = {lookup(n) for n in names}
             if len(kinds) != 1:
                 raise CocoError(f"{where}: its annotations have categories {sorted(names)}, "
@@ -329,6 +352,13 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
             counts["skipped_images_unmapped_type"] += 1
             continue
         path = _find_image(entry["file_name"], by_rel, by_name, where)
+        first = file_of.setdefault(path.resolve(), entry["id"])
+        if first != entry["id"]:
+            # Two entries of one file would write the second one's cells on the first one's
+            # pixels under another id; a COCO file lists each image once.
+            raise CocoError(f"{annotations}: image ids {first!r} and {entry['id']!r} both name "
+                            f"file {path} ({entry['file_name']!r}); expected one image entry "
+                            f"per file")
         image_id = safe_id(Path(path.name).stem)
         if image_id in taken:
             image_id = safe_id(f"{image_id}_{entry['id']}")
@@ -387,25 +417,39 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
     if not rows:
         raise CocoError(f"{annotations}: every mask is empty; nothing to write")
 
-    # Pass 2: the images (8-bit PNG), then train.csv and source.json last.
-    prepare_root(out, overwrite, protect=(images_dir, annotations))
-    for entry, path, image_id in to_write:
-        image, rescaled = read_image_uint8(path)
-        n_rescaled += rescaled
-        if image.shape != (int(entry["height"]), int(entry["width"])):
-            raise CocoError(f"image id {entry['id']!r} ({entry['file_name']}): file {path} "
-                            f"decodes to {image.shape[1]}x{image.shape[0]} (width x height) "
-                            f"but the COCO entry says {entry['width']}x{entry['height']}")
-        write_png(out / "train" / f"{image_id}.png", image)
-        if progress is not None:
-            progress("write", len(to_write))
-    columns = ["id", "annotation", "width", "height", "cell_type", *_EXTRA_COLUMNS]
-    table = pd.DataFrame(rows, columns=columns)[list(TRAIN_COLUMNS)]
-    fileio.write_text(out / "train.csv", table.to_csv(index=False, lineterminator="\n"))
-    counts.update({"images_written": sum(v["images"] for v in per_type.values()),
-                   "cells_written": len(rows), "dropped_empty_masks": n_empty,
-                   "rescaled_to_uint8": int(n_rescaled)})
-    summary = ConvertSummary(out, counts, dict(sorted(per_type.items())))
+    # Pass 2: the images (8-bit PNG), then train.csv and source.json last, all in a temporary
+    # sibling of ``out`` that replaces it only when complete (an --overwrite that fails on a
+    # corrupt image keeps the old root; a killed run leaves ``out`` as it was).
+    with fileio.replace_folder(out, carry=keep_user_entry) as stage:
+        (stage / "train").mkdir()
+        for entry, path, image_id in to_write:
+            image, rescaled = read_image_uint8(path)
+            n_rescaled += rescaled
+            if image.shape != (int(entry["height"]), int(entry["width"])):
+                raise CocoError(f"image id {entry['id']!r} ({entry['file_name']}): file {path} "
+                                f"decodes to {image.shape[1]}x{image.shape[0]} (width x "
+                                f"height) but the COCO entry says "
+                                f"{entry['width']}x{entry['height']}")
+            write_png(stage / "train" / f"{image_id}.png", image)
+            if progress is not None:
+                progress("write", len(to_write))
+        columns = ["id", "annotation", "width", "height", "cell_type", *_EXTRA_COLUMNS]
+        table = pd.DataFrame(rows, columns=columns)[list(TRAIN_COLUMNS)]
+        fileio.write_text(stage / "train.csv", table.to_csv(index=False, lineterminator="\n"))
+        counts.update({"images_written": sum(v["images"] for v in per_type.values()),
+                       "cells_written": len(rows), "dropped_empty_masks": n_empty,
+                       "rescaled_to_uint8": int(n_rescaled)})
+        summary = ConvertSummary(out, counts, dict(sorted(per_type.items())))
+        _write_source(stage / SOURCE_FILE, summary, images_dir, annotations, cell_type,
+                      from_filename, mapping, unmapped, keep_crowd, command)
+    return summary
+
+
+def _write_source(path: Path, summary: ConvertSummary, images_dir: Path, annotations: Path,
+                  cell_type: str | None, from_filename: bool, mapping: Mapping[str, str],
+                  unmapped: Mapping[str, int], keep_crowd: bool,
+                  command: Sequence[str] | None) -> None:
+    """``source.json``: command, inputs, counts, date (written last, into the new root)."""
     mode = ("fixed" if cell_type is not None else "filename" if from_filename else "category")
     source = {
         "tool": "convert_coco",
@@ -418,10 +462,9 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
         "type_map": dict(sorted(mapping.items())) if mode != "fixed" else None,
         "unmapped_skipped": dict(sorted(unmapped.items())),
         "keep_crowd": bool(keep_crowd),
-        "counts": counts, "per_cell_type": summary.per_type,
+        "counts": summary.counts, "per_cell_type": summary.per_type,
     }
-    fileio.write_text(out / SOURCE_FILE, json.dumps(source, indent=2) + "\n")
-    return summary
+    fileio.write_text(path, json.dumps(source, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pandas as pd
 
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
+from cellseg.data.images import decode_file
 from cellseg.exceptions import DataError
 
 # Image ids become file names (``train/<id>.png``, ``oof/<id>.npz``, overlays, caches), so an
@@ -226,7 +226,7 @@ def read_image(path: str | os.PathLike, expected_shape: tuple[int, int] | None =
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: image file not found")
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    image = decode_file(path)
     if image is None:
         raise DataError(f"{path}: not a readable image (corrupt or not a PNG/TIFF/JPEG)")
     if image.dtype != np.uint8:
@@ -315,7 +315,7 @@ class TrainData:
             path = self.image_path(image_id)
             if not path.is_file():
                 raise DataError(f"{path}: image file not found (id listed in {self.csv_path})")
-            header = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            header = decode_file(path)
             if header is None:
                 raise DataError(f"{path}: not a readable image")
             if header.shape[:2] != self.shape(image_id):

@@ -6,6 +6,9 @@ integer or float, grey, RGB(A) or several channels / planes. One reader serves b
 competition's 8-bit PNGs (``convert_coco.py``, ``pseudo_label.py``: :func:`read_image_uint8`),
 so an image is read the same way whichever command sees it. The competition's own PNGs are read
 by :func:`cellseg.data.dataset.read_image`, which also checks them against ``train.csv``.
+
+Every reader goes through :func:`decode_file` (bytes first, then decode): ``cv2.imread`` takes
+the name as text and crashes the process on a file name that is not valid UTF-8.
 """
 
 from __future__ import annotations
@@ -52,6 +55,32 @@ def _to_gray(arr: np.ndarray, channel: int | None, path: Path, rgb_order: bool) 
                          f"--channel K")
 
 
+def decode_file(path: str | os.PathLike, flags: int = cv2.IMREAD_UNCHANGED
+                ) -> np.ndarray | None:
+    """Read the file's bytes with Python, then decode them with OpenCV; None when OpenCV
+    cannot decode them (corrupt, truncated, empty or another format).
+
+    Why not ``cv2.imread(str(path))``: OpenCV converts the name to UTF-8 itself and ends the
+    process with a segmentation fault on a name Python holds with surrogate escapes (a
+    non-UTF-8 file name on Linux), losing every other image of the run.
+
+    Raises:
+        OSError: the file cannot be opened or read.
+    """
+    data = np.frombuffer(Path(path).read_bytes(), np.uint8)
+    if data.size == 0:
+        return None
+    return cv2.imdecode(data, flags)
+
+
+def check_suffix(path: str | os.PathLike) -> None:
+    """Fail, naming the file, when its extension is not an image type this module reads."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise ImageReadError(f"{path}: unsupported file type {suffix or '(no extension)'!r}; "
+                             f"expected an image: {', '.join(IMAGE_SUFFIXES)}")
+
+
 def read_image_any(path: str | os.PathLike, channel: int | None = None) -> np.ndarray:
     """One image as a 2-D array in its own dtype (uint8, uint16, float32, ...).
 
@@ -65,6 +94,7 @@ def read_image_any(path: str | os.PathLike, channel: int | None = None) -> np.nd
     """
     path = Path(path)
     suffix = path.suffix.lower()
+    check_suffix(path)
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile
@@ -72,13 +102,15 @@ def read_image_any(path: str | os.PathLike, channel: int | None = None) -> np.nd
             arr = np.squeeze(tifffile.imread(path))
             rgb_order = True
         else:
-            arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            arr = decode_file(path)
             if arr is None:
                 raise ImageReadError(f"{path}: cannot read the image (corrupt or not "
                                      f"{suffix.lstrip('.').upper()})")
             rgb_order = False  # OpenCV gives BGR(A)
     except ImageReadError:
         raise
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: image file not found") from None
     except Exception as exc:  # tifffile raises several types on a damaged file
         raise ImageReadError(f"{path}: cannot read the image ({type(exc).__name__}: "
                              f"{exc})") from None

@@ -241,16 +241,31 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
 
     Raises:
         ExportError: ``out_dir`` not empty, a conversion that fails, or a difference above
-            :data:`TOLERANCE` (``export.json`` is written first, so the figures are kept).
+            :data:`TOLERANCE` (the figures are in the message; ``out_dir`` is unchanged).
     """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace the export")
+    # Built in a temporary sibling and swapped in only when every check passed: a failed
+    # check or a kill leaves the earlier export as it was.
+    with fileio.replace_folder(out_dir) as stage:
+        meta = _write_export(ens, cfg, exp_dir, stage, onnx, test_shape, log)
+        bad = {k: v for k, v in meta["checks"].items() if not v["ok"]}
+        if bad:
+            raise ExportError("; ".join(
+                f"{k}: " + (v.get("error") or f"max |difference| {v['max_abs_diff']:.3g} > "
+                            f"{TOLERANCE:g}") for k, v in bad.items())
+                + f" ({out_dir} left as it was)")
+    return meta
+
+
+def _write_export(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: Path, onnx: bool,
+                  test_shape: tuple[int, int], log) -> dict[str, Any]:
+    """Every file of the export into ``out_dir``; returns ``export.json``'s content."""
     from cellseg.constants import CELL_TYPES
     from cellseg.infer.maps import predict_images
     from cellseg.infer.segment_images import SegmentError, model_multiple, reference_diameter
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise ExportError(f"{out_dir} is not empty; pass --overwrite to replace the export")
-    out_dir.mkdir(parents=True, exist_ok=True)
     multiple = model_multiple(ens.models, at_least=1)  # as predict_images pads
     x = test_image(test_shape)
     ref_probs, ref_types = predict_images(ens.models, x, heads=ens.heads, tta=["identity"],
@@ -312,12 +327,6 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
     }
     fileio.write_text(out_dir / "export.json", json.dumps(meta, indent=1))
     fileio.write_text(out_dir / "README.md", _readme(meta))
-    bad = {k: v for k, v in checks.items() if not v["ok"]}
-    if bad:
-        raise ExportError("; ".join(
-            f"{k}: " + (v.get("error") or f"max |difference| {v['max_abs_diff']:.3g} > "
-                        f"{TOLERANCE:g}") for k, v in bad.items())
-            + f" (details in {out_dir / 'export.json'})")
     return meta
 
 

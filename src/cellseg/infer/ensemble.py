@@ -50,6 +50,12 @@ def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
         try:
             out.append(keras.saving.load_model(path, compile=False))
         except Exception as exc:  # Keras raises many types for a damaged file
+            if Path(path).is_file():  # Keras says "File not found" for a truncated zip
+                raise InferenceError(
+                    f"{path}: cannot load the model: the file exists but is not a loadable "
+                    f"Keras model (truncated or "
+                    f"damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                    f"retrain the fold or restore the file") from None
             raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
                                  f"{exc})") from None
     return out

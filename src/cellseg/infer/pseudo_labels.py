@@ -46,7 +46,7 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
-from cellseg.data.coco import prepare_root, safe_id
+from cellseg.data.coco import check_root_out, keep_user_entry, safe_id
 from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError, DataError, PseudoLabelError
 from cellseg.experiment import POSTPROCESS_FILE
@@ -126,6 +126,8 @@ class PseudoSummary:
     counts: dict[str, int] = field(default_factory=dict)
     per_type: dict[str, dict[str, int]] = field(default_factory=dict)
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: one message per input image that could not be read (skipped, listed in IMAGES_FILE)
+    errors: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         c = self.counts
@@ -135,7 +137,8 @@ class PseudoSummary:
         for t, v in self.per_type.items():
             lines.append(f"  {t}: {v['images']} images, {v['cells']} cells "
                          f"(confidence >= {self.thresholds.get(t, float('nan')):.3f})")
-        for key, what in (("skipped_type_uncertain", "cell type uncertain"),
+        for key, what in (("skipped_unreadable", "unreadable image"),
+                          ("skipped_type_uncertain", "cell type uncertain"),
                           ("skipped_no_confident_cell", "no confident cell"),
                           ("skipped_few_kept", "too few cells kept")):
             if c.get(key):
@@ -214,52 +217,90 @@ def pseudo_label(
             raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     images_dir, out, exp_dir = Path(images_dir), Path(out), Path(exp_dir)
     files = list_images(images_dir)
+    check_root_out(out, overwrite, protect=(images_dir,), error=PseudoLabelError)
+    rows: list[tuple] = []
+    report: list[dict[str, Any]] = []
+    errors: list[str] = []
+    counts = {"images": len(files), "images_written": 0, "skipped_unreadable": 0,
+              "skipped_type_uncertain": 0, "skipped_no_confident_cell": 0,
+              "skipped_few_kept": 0, "cells_predicted": 0, "cells_kept": 0,
+              "rescaled_to_uint8": 0}
+
+    def unreadable(path: Path, image_id: str, exc: Exception) -> None:
+        """One corrupt file is skipped and listed, as an uncertain image is."""
+        msg = fileio.printable(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+        errors.append(msg)
+        counts["skipped_unreadable"] += 1
+        report.append({"id": image_id, "file": fileio.printable(path.name), "cell_type": "",
+                       "type_prob": "", **{f"prob_{t}": "" for t in CELL_TYPES},
+                       "cells_predicted": 0, "cells_kept": 0,
+                       "status": f"skipped: unreadable ({msg})"})
+        if progress is not None:
+            progress(1, len(files))
+
     shapes: dict[str, tuple[int, int]] = {}
     for path, image_id in files:
         try:
             shapes[image_id] = image_size(path)
-        except DataError as exc:
-            raise PseudoLabelError(str(exc)) from None
+        except (DataError, OSError) as exc:
+            unreadable(path, image_id, exc)
     thresholds = type_thresholds(ens.params, min_confidence)
     forced = getattr(ens, "cell_type_override", None)
-    prepare_root(out, overwrite, protect=(images_dir,))
-    (out / IMAGES_FILE).unlink(missing_ok=True)
 
     # Group by shape (the ensemble predicts one shape at a time), keep the folder's order.
     by_shape: dict[tuple[int, int], list[tuple[Path, str]]] = {}
     for path, image_id in files:
-        by_shape.setdefault(shapes[image_id], []).append((path, image_id))
-    rows: list[tuple] = []
-    report: list[dict[str, Any]] = []
-    counts = {"images": len(files), "images_written": 0, "skipped_type_uncertain": 0,
-              "skipped_no_confident_cell": 0, "skipped_few_kept": 0, "cells_predicted": 0,
-              "cells_kept": 0, "rescaled_to_uint8": 0}
+        if image_id in shapes:
+            by_shape.setdefault(shapes[image_id], []).append((path, image_id))
     per_type: dict[str, dict[str, int]] = {}
+    # The root is built in a temporary sibling of ``out`` and swapped in when complete: an
+    # --overwrite never loses the old root, a killed run leaves ``out`` as it was.
+    with fileio.replace_folder(out, carry=keep_user_entry) as stage:
+        (stage / "train").mkdir()
+        _label_groups(ens, by_shape, stage, chunk, counts, rows, report, per_type, thresholds,
+                      forced, min_type_prob, min_kept_fraction, unreadable, progress,
+                      len(files))
+        _write_root(stage, ens, files, rows, report, counts, per_type, thresholds, forced,
+                    exp_dir, images_dir, provenance, min_confidence, min_type_prob,
+                    min_kept_fraction)
+    return PseudoSummary(out, counts, dict(sorted(per_type.items())), thresholds, errors)
+
+
+def _label_groups(ens: Any, by_shape: Mapping[tuple[int, int], list[tuple[Path, str]]],
+                  stage: Path, chunk: int, counts: dict[str, int], rows: list[tuple],
+                  report: list[dict[str, Any]], per_type: dict[str, dict[str, int]],
+                  thresholds: Mapping[str, float], forced: str | None, min_type_prob: float,
+                  min_kept_fraction: float, unreadable: Callable[[Path, str, Exception], None],
+                  progress: Callable[[int, int], None] | None, n_files: int) -> None:
+    """Predict, decode and select each shape group's images; PNGs go to ``stage/train``."""
     for group in by_shape.values():
         for start in range(0, len(group), max(int(chunk), 1)):
-            part = group[start:start + max(int(chunk), 1)]
-            images = []
-            for path, _ in part:
+            part, images = [], []
+            for path, image_id in group[start:start + max(int(chunk), 1)]:
                 try:
                     image, rescaled = read_image_uint8(path)
-                except DataError as exc:
-                    raise PseudoLabelError(str(exc)) from None
+                except (DataError, OSError) as exc:
+                    unreadable(path, image_id, exc)
+                    continue
                 counts["rescaled_to_uint8"] += int(rescaled)
+                part.append((path, image_id))
                 images.append(image)
+            if not images:
+                continue
             probs, type_probs = ens.predict(images)
             for i, ((path, image_id), image) in enumerate(zip(part, images)):
                 tp = np.asarray(type_probs[i], np.float64) if np.size(type_probs) else \
                     np.zeros(0)
                 kind = ens.cell_type(tp)
                 top = float(tp.max()) if tp.size else float("nan")
-                entry = {"id": image_id, "file": path.name, "cell_type": kind,
+                entry = {"id": image_id, "file": fileio.printable(path.name), "cell_type": kind,
                          "type_prob": round(top, 4) if tp.size else "",
                          **{f"prob_{t}": (round(float(tp[k]), 4) if tp.size == len(CELL_TYPES)
                                           else "") for k, t in enumerate(CELL_TYPES)},
                          "cells_predicted": 0, "cells_kept": 0, "status": ""}
                 report.append(entry)
                 if progress is not None:
-                    progress(1, len(files))
+                    progress(1, n_files)
                 if forced is None and tp.size and top < min_type_prob:
                     counts["skipped_type_uncertain"] += 1
                     entry["status"] = f"skipped: cell type uncertain ({top:.3f} < " \
@@ -283,7 +324,7 @@ def pseudo_label(
                 codes = rle.encode_labels(kept)
                 rows.extend((image_id, code, width, height, kind, "", "", image_id, "",
                              round(float(c), 4)) for code, c in zip(codes, conf))
-                write_png(out / "train" / f"{image_id}.png", image)
+                write_png(stage / "train" / f"{image_id}.png", image)
                 entry["status"] = "written"
                 counts["images_written"] += 1
                 counts["cells_kept"] += int(conf.size)
@@ -291,15 +332,23 @@ def pseudo_label(
                 st["images"] += 1
                 st["cells"] += int(conf.size)
 
+
+
+def _write_root(stage: Path, ens: Any, files: list[tuple[Path, str]], rows: list[tuple],
+                report: list[dict[str, Any]], counts: dict[str, int],
+                per_type: dict[str, dict[str, int]], thresholds: Mapping[str, float],
+                forced: str | None, exp_dir: Path, images_dir: Path,
+                provenance: Mapping[str, Any] | None, min_confidence: float,
+                min_type_prob: float, min_kept_fraction: float) -> None:
+    """``pseudo_images.csv``, ``train.csv`` and ``source.json`` of the new root (last)."""
     order = {image_id: k for k, (_, image_id) in enumerate(files)}
     report.sort(key=lambda e: order[e["id"]])
     rows.sort(key=lambda r: order[r[0]])  # stable: cells keep their order within an image
-    fileio.write_text(out / IMAGES_FILE,
+    fileio.write_text(stage / IMAGES_FILE,
                       pd.DataFrame(report).to_csv(index=False, lineterminator="\n"))
     table = pd.DataFrame(rows, columns=list(PSEUDO_COLUMNS))
-    fileio.write_text(out / "train.csv", table.to_csv(index=False, lineterminator="\n"))
+    fileio.write_text(stage / "train.csv", table.to_csv(index=False, lineterminator="\n"))
     pp_path = exp_dir / POSTPROCESS_FILE
-    summary = PseudoSummary(out, counts, dict(sorted(per_type.items())), thresholds)
     source = {
         "tool": "pseudo_label",
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
@@ -320,7 +369,6 @@ def pseudo_label(
         "thresholds": thresholds,
         "min_confidence": float(min_confidence), "min_type_prob": float(min_type_prob),
         "min_kept_fraction": float(min_kept_fraction),
-        "counts": counts, "per_cell_type": summary.per_type,
+        "counts": counts, "per_cell_type": dict(sorted(per_type.items())),
     }
-    fileio.write_text(out / SOURCE_FILE, json.dumps(source, indent=2, default=str) + "\n")
-    return summary
+    fileio.write_text(stage / SOURCE_FILE, json.dumps(source, indent=2, default=str) + "\n")

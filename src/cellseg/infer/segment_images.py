@@ -38,8 +38,13 @@ How an image is processed (choices, and why):
    predicts the whole image at once, as ``infer.py`` does).
 6. **Back to the input size** by nearest neighbour; ids made consecutive again.
 
-Every output is written atomically; an image whose outputs all exist is skipped (a re-run
-finishes a stopped job); ``shard=(k, n)`` takes every n-th image of the sorted list, so n
+Every output is written atomically, then ``NAME_segment.json`` records what made them
+(:func:`run_settings`); a re-run skips an image whose record matches the run and its files,
+and redoes it otherwise (another model, folds, heads, TTA, scale, tiles, channel, tuned
+parameters or cell type; a changed input or output), so a re-run finishes a stopped job and
+never keeps stale cells. The summary table merges with the earlier one; temporary files of a
+killed run are removed at the start; Ctrl-C stops after the current image, writes the
+summary and lists what was not done. ``shard=(k, n)`` takes every n-th image of the sorted list, so n
 machines share a collection without any output colliding.
 
 Tiles are laid out by :mod:`cellseg.infer.tiling`; the files written per image are
@@ -67,11 +72,15 @@ from cellseg.data.images import IMAGE_SUFFIXES, read_image_any
 from cellseg.exceptions import ImageReadError, SegmentError
 from cellseg.infer.segment_outputs import (
     cell_table,
-    is_done,
     labels_to_shape,
+    output_files,
     output_paths,
+    read_record,
+    record_path,
+    record_problem,
     write_label_tiff,
     write_overlay,
+    write_record,
     write_rois,
 )
 from cellseg.infer.tiling import (
@@ -91,6 +100,9 @@ DEFAULT_TILE = 1024
 #: centroid to their far edge (96 px: larger than real astro bodies at training scale) are
 #: never cut, and the network has that much real context at every kept pixel.
 DEFAULT_OVERLAP = 192
+#: Accepted resize factors (``--scale``, or the one ``--cell-diameter`` gives): beyond them an
+#: image becomes a few pixels or 10,000 times larger, which is a typo, not a magnification.
+SCALE_RANGE: tuple[float, float] = (0.01, 100.0)
 #: Crop used for the whole-image cell-type decision (the training images' size).
 TYPE_WINDOW: tuple[int, int] = (IMAGE_HEIGHT, IMAGE_WIDTH)
 
@@ -118,6 +130,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False
                 raise SegmentError(f"{path}: folder holds no image ({', '.join(IMAGE_SUFFIXES)})"
                                    + ("" if recursive else "; --recursive looks in sub-folders"))
         elif path.is_file():
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise SegmentError(f"{fileio.printable(path)}: unsupported file type "
+                                   f"{path.suffix.lower() or '(no extension)'!r}; expected an "
+                                   f"image: {', '.join(IMAGE_SUFFIXES)}")
             files = [path]
         elif glob.has_magic(text):
             files = [Path(p) for p in glob.glob(text, recursive=recursive)
@@ -131,6 +147,36 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False
     if not found:
         raise SegmentError("no input image given")
     return sorted(found, key=str)
+
+
+def check_out_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                  files: Sequence[Path], recursive: bool = False) -> Path:
+    """Fail before any model loads when ``out`` cannot take the outputs: a file in its path,
+    not writable, or among the inputs (an input image inside it, or, with ``recursive``, it
+    inside an input folder), where a re-run would segment its own outputs. Creates nothing.
+
+    Raises:
+        SegmentError: naming ``--out`` and what was expected.
+    """
+    out = Path(out)
+    try:
+        fileio.require_writable_folder(out, "--out")
+    except OSError as exc:
+        raise SegmentError(str(exc)) from None
+    target = out.resolve()
+    for f in files:
+        if target in f.parents:
+            raise SegmentError(f"--out {out} holds the input image {fileio.printable(f)}: a "
+                               f"re-run would segment its own outputs; choose an --out "
+                               f"outside the inputs")
+    for item in inputs:
+        folder = Path(item)
+        if recursive and folder.is_dir() and (folder.resolve() == target
+                                              or folder.resolve() in target.parents):
+            raise SegmentError(f"--out {out} lies inside the input folder {folder} searched "
+                               f"with --recursive: a re-run would segment its own outputs; "
+                               f"choose an --out outside it")
+    return out
 
 
 def output_names(paths: Sequence[Path]) -> dict[Path, str]:
@@ -178,6 +224,22 @@ def shard(paths: Sequence[Path], k: int, n: int) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------- scale
+def check_scale(scale: float, option: str = "--scale") -> float:
+    """``scale`` if finite and within :data:`SCALE_RANGE`, else a SegmentError naming
+    ``option`` (checked before any model loads, not per image)."""
+    lo, hi = SCALE_RANGE
+    if not (np.isfinite(scale) and lo <= scale <= hi):
+        raise SegmentError(f"{option}: resize factor {scale:g} outside [{lo:g}, {hi:g}]; "
+                           f"expected the ratio of the training scale to your images'")
+    return float(scale)
+
+
+def check_positive(value: float | None, option: str) -> None:
+    """A finite number > 0 (a diameter in px), else a SegmentError naming ``option``."""
+    if value is not None and not (np.isfinite(value) and value > 0):
+        raise SegmentError(f"{option} must be a finite number of pixels > 0, got {value:g}")
+
+
 def reference_diameter(data_root: str | os.PathLike) -> float:
     """Median equivalent diameter (px) of the training cells in ``<data_root>/train.csv``.
 
@@ -433,11 +495,26 @@ class ImageRecord:
     def megapixels(self) -> float:
         return self.height * self.width / 1e6
 
+    #: the fields a record keeps, so a skipped image's row still shows its cells
+    RESULT_FIELDS = ("height", "width", "n_tiles", "cell_type", "n_cells", "cut_cells",
+                     "seconds", "label_dtype")
+
+    def result(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.RESULT_FIELDS}
+
+    def row(self) -> dict[str, Any]:
+        """A summary-table row (names and errors printable whatever the file names)."""
+        return {**{k: (fileio.printable(v) if isinstance(v, str) else v)
+                   for k, v in self.__dict__.items()},
+                "megapixels": round(self.megapixels, 3), "seconds": round(self.seconds, 3)}
+
 
 def segment_file(ens: Any, path: Path, paths: dict[str, Path], channel: int | None = None,
                  scale: float = 1.0, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                 progress: bool = False) -> ImageRecord:
-    """Read, segment and write every output of one image (the labels TIFF last)."""
+                 progress: bool = False, record: tuple[Path, dict, str] | None = None
+                 ) -> ImageRecord:
+    """Read, segment and write every output of one image (the labels TIFF last, then the
+    ``record`` = (path, settings, input sha256) when given)."""
     t0 = time.perf_counter()
     image = read_image_any(path, channel)
     res = segment_array(ens, image, scale=scale, tile=tile, overlap=overlap, progress=progress)
@@ -450,11 +527,15 @@ def segment_file(ens: Any, path: Path, paths: dict[str, Path], channel: int | No
     if "rois" in paths:
         write_rois(paths["rois"], res.labels)
     dtype = write_label_tiff(paths["labels"], res.labels)
-    return ImageRecord(name=paths["labels"].name[: -len("_labels.tif")], path=str(path),
-                       status="done", height=image.shape[0], width=image.shape[1],
-                       n_tiles=res.n_tiles, cell_type=res.cell_type, n_cells=res.n_cells,
-                       cut_cells=res.cut_cells, seconds=time.perf_counter() - t0,
-                       label_dtype=str(dtype))
+    rec = ImageRecord(name=paths["labels"].name[: -len("_labels.tif")], path=str(path),
+                      status="done", height=image.shape[0], width=image.shape[1],
+                      n_tiles=res.n_tiles, cell_type=res.cell_type, n_cells=res.n_cells,
+                      cut_cells=res.cut_cells, seconds=time.perf_counter() - t0,
+                      label_dtype=str(dtype))
+    if record is not None:
+        rpath, settings, input_sha = record
+        write_record(rpath, settings, input_sha, paths, rec.result())
+    return rec
 
 
 def _cell_types() -> tuple[str, ...]:
@@ -471,17 +552,65 @@ def format_summary(records: Sequence[ImageRecord]) -> str:
         size = f"{r.width}x{r.height}" if r.height else "-"
         spm = f"{r.seconds / r.megapixels:.2f}" if r.status == "done" and r.megapixels else "-"
         note = r.status + (f" ({r.cut_cells} cells on a tile edge)" if r.cut_cells else "")
-        lines.append(f"{r.name[:27]:<28}{size:>13}{r.megapixels:>7.2f}{r.n_tiles:>6}"
+        lines.append(f"{fileio.printable(r.name)[:27]:<28}{size:>13}{r.megapixels:>7.2f}{r.n_tiles:>6}"
                      f"{r.cell_type:>8}{r.n_cells:>8}{r.seconds:>8.1f}{spm:>8}  {note}")
     done = [r for r in records if r.status == "done"]
     mp = sum(r.megapixels for r in done)
     secs = sum(r.seconds for r in done)
     lines.append(
         f"{len(done)} segmented, {sum(r.status == 'skipped' for r in records)} skipped "
-        f"(already done), {sum(r.status == 'failed' for r in records)} failed; "
+        f"(already done), {sum(r.status == 'failed' for r in records)} failed"
+        + (f", {sum(r.status == NOT_DONE for r in records)} not done (interrupted)"
+           if any(r.status == NOT_DONE for r in records) else "") + "; "
         f"{sum(r.n_cells for r in done)} cells; {mp:.2f} MP in {secs:.1f} s"
         + (f" = {secs / mp:.2f} s/MP" if mp else ""))
     return "\n".join(lines)
+
+
+#: Status of the images a Ctrl-C left undone (listed in the summary; a re-run does them).
+NOT_DONE = "not done"
+
+
+def run_settings(ens: Any, scale: float, channel: int | None, tile: int, overlap: int
+                 ) -> dict[str, Any]:
+    """What makes an image's outputs, as recorded in ``NAME_segment.json``: a re-run with any
+    of it different redoes the image. Model files are hashed once per run."""
+    import hashlib
+    import json
+
+    from cellseg.tune.tuned_params import model_digest
+
+    params = json.dumps(getattr(ens, "params", {}), sort_keys=True, default=str)
+    return {
+        "models": {str(k): model_digest(p) for k, p in getattr(ens, "model_files", [])},
+        "folds": [int(k) for k in getattr(ens, "folds", [])],
+        "heads": str(getattr(ens, "heads", "")),
+        "tta": list(getattr(ens, "tta", [])),
+        "cell_type": getattr(ens, "cell_type_override", None),
+        "classifiers": bool(getattr(ens, "classifiers", None)),
+        "tuned_params_sha256": hashlib.sha256(params.encode()).hexdigest(),
+        "scale": float(scale), "channel": channel, "tile": int(tile),
+        "tile_overlap": int(overlap),
+    }
+
+
+def _merge_summary(path: Path, records: Sequence[ImageRecord], log) -> None:
+    """Write this run's rows over the earlier summary's (rows of images not in this run are
+    kept), atomically. Why: a re-run that skips finished images must not wipe their cells."""
+    import pandas as pd
+
+    rows = {r.name: r.row() for r in records}
+    names = [fileio.printable(n) for n in rows]
+    new = pd.DataFrame([rows[n] for n in rows])
+    if path.is_file():
+        try:
+            old = pd.read_csv(path, dtype={"name": str}, keep_default_na=False)
+            old = old[~old["name"].isin(names)]
+            new = pd.concat([old, new], ignore_index=True) if len(old) else new
+        except (OSError, ValueError, KeyError) as exc:
+            log(f"warning: {path}: earlier summary unreadable ({exc}); replaced")
+    with fileio.atomic_path(path) as tmp:
+        new.to_csv(tmp, index=False)
 
 
 def run_segment(
@@ -501,43 +630,78 @@ def run_segment(
 ) -> list[ImageRecord]:
     """Segment ``files`` into ``out_dir``; one failed image never stops the others.
 
-    Returns the per-image records (status ``done``, ``skipped`` or ``failed`` with the error)
-    and writes them to ``out_dir/summary_name``.
+    An image whose ``NAME_segment.json`` matches this run's :func:`run_settings`, its input
+    and its output files is skipped (``overwrite`` redoes it anyway); any other is redone.
+    Temporary files that killed runs left for these images are removed first. Ctrl-C stops
+    after the current image: the rest get status :data:`NOT_DONE`, the summary is written,
+    and the records are returned as usual (the caller exits 130).
+
+    Returns the per-image records (status ``done``, ``skipped``, ``failed`` with the error,
+    or ``not done``) and merges them into ``out_dir/summary_name``.
     """
-    import pandas as pd
     from tqdm.auto import tqdm
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
     names = names or output_names(list(files))
+    stale = fileio.remove_stale_temp_files(
+        out_dir, [summary_name, *(f for p in files for f in output_files(names[p]))])
+    if stale:
+        log(f"note: removed {len(stale)} temporary file(s) left by a killed run in {out_dir}")
+    settings = run_settings(ens, scale, channel, tile, overlap)
     records: list[ImageRecord] = []
+    redone: list[str] = []
     bar = tqdm(files, desc="segment", unit="img", disable=not progress)
-    for path in bar:
-        name = names[path]
-        paths = output_paths(out_dir, name, rois)
-        if not overwrite and is_done(paths):
-            records.append(ImageRecord(name=name, path=str(path), status="skipped"))
-            continue
-        bar.set_postfix_str(name[:30])
-        try:
-            records.append(segment_file(ens, path, paths, channel=channel, scale=scale,
-                                        tile=tile, overlap=overlap, progress=progress))
-        except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
-            # (OpenCV, tifffile, TensorFlow and scikit-image raise many types; Ctrl-C and
-            # SystemExit still stop the run)
-            known = (ImageReadError, SegmentError, ValueError, OSError, MemoryError)
-            text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
-            msg = text if str(path) in text else f"{path}: {text}"
-            log(f"error: {msg}")
-            records.append(ImageRecord(name=name, path=str(path), status="failed",
-                                       error=msg))
-        else:
-            if records[-1].cut_cells:
-                log(f"warning: {path}: {records[-1].cut_cells} cell(s) touch a tile edge "
-                    f"(larger than half the overlap); raise --tile-overlap")
-    table = pd.DataFrame([{**r.__dict__, "megapixels": round(r.megapixels, 3),
-                           "seconds": round(r.seconds, 3)} for r in records])
-    with fileio.atomic_path(Path(out_dir) / summary_name) as tmp:
-        table.to_csv(tmp, index=False)
+    try:
+        for path in bar:
+            name = names[path]
+            paths = output_paths(out_dir, name, rois)
+            rpath = record_path(out_dir, name)
+            try:
+                input_sha = fileio.file_digest(path)
+            except OSError as exc:
+                input_sha = ""
+                problem: str | None = str(exc)
+            else:
+                record = read_record(rpath)
+                problem = record_problem(record, settings, input_sha, paths)
+                if not overwrite and problem is None:
+                    prev = record.get("result", {}) if record else {}
+                    records.append(ImageRecord(
+                        name=name, path=str(path), status="skipped",
+                        **{k: prev[k] for k in ImageRecord.RESULT_FIELDS if k in prev}))
+                    continue
+                if record is not None and problem is not None:
+                    redone.append(f"{fileio.printable(name)} ({problem})")
+            bar.set_postfix_str(fileio.printable(name)[:30])
+            try:
+                records.append(segment_file(ens, path, paths, channel=channel, scale=scale,
+                                            tile=tile, overlap=overlap, progress=progress,
+                                            record=(rpath, settings, input_sha)))
+            except Exception as exc:  # noqa: BLE001 - one bad image must not stop the others
+                # (OpenCV, tifffile, TensorFlow and scikit-image raise many types; Ctrl-C and
+                # SystemExit still stop the run)
+                known = (ImageReadError, SegmentError, ValueError, OSError, MemoryError)
+                text = str(exc) if isinstance(exc, known) else f"{type(exc).__name__}: {exc}"
+                msg = fileio.printable(text if str(path) in text else f"{path}: {text}")
+                log(f"error: {msg}")
+                records.append(ImageRecord(name=name, path=str(path), status="failed",
+                                           error=msg))
+            else:
+                if records[-1].cut_cells:
+                    log(f"warning: {fileio.printable(path)}: {records[-1].cut_cells} cell(s) "
+                        f"touch a tile edge (larger than half the overlap); raise "
+                        f"--tile-overlap")
+    except KeyboardInterrupt:
+        finished = {r.path for r in records}
+        records.extend(ImageRecord(name=names[p], path=str(p), status=NOT_DONE)
+                       for p in files if str(p) not in finished)
+    finally:
+        bar.close()
+    if redone:
+        log(f"note: {len(redone)} image(s) redone, their earlier outputs being stale: "
+            + "; ".join(redone[:5]) + (" ..." if len(redone) > 5 else ""))
+    _merge_summary(out_dir / summary_name, records, log)
     return records
 
 
@@ -545,9 +709,14 @@ __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_TILE",
     "IMAGE_SUFFIXES",
+    "NOT_DONE",
+    "SCALE_RANGE",
     "ImageRecord",
     "SegmentError",
     "SegmentResult",
+    "check_out_dir",
+    "check_positive",
+    "check_scale",
     "collect_inputs",
     "format_summary",
     "labels_to_shape",
@@ -555,6 +724,7 @@ __all__ = [
     "parse_shard",
     "reference_diameter",
     "run_segment",
+    "run_settings",
     "segment_array",
     "segment_file",
     "shard",

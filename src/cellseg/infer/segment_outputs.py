@@ -2,7 +2,10 @@
 
 ``NAME_labels.tif`` (uint16 label image, uint32 above 65,535 cells), ``NAME_cells.csv`` (one
 row per cell), ``NAME_overlay.png`` (image | cells) and, on request, ``NAME_rois.zip`` (ImageJ
-polygon ROIs); each written atomically, so a file that exists is complete (:func:`is_done`).
+polygon ROIs); each written atomically. ``NAME_segment.json`` is written last: what made the
+outputs (input hash, model hashes, folds, heads, TTA, scale, tiles, channel, tuned-parameter
+hash, cell-type override) and each output's size and hash, so a re-run can tell a finished,
+current image from one made by other settings or changed since (:func:`record_problem`).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg import fileio
+from cellseg.data.images import write_png
 
 OVERLAY_MAX_SIDE = 2048
 UINT16_MAX_CELLS = 65535
@@ -155,10 +159,7 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray,
 
 def write_overlay(path: str | os.PathLike, image: np.ndarray, labels: np.ndarray) -> None:
     """:func:`overlay_picture` as a PNG (atomically)."""
-    pic = overlay_picture(image, labels)
-    with fileio.atomic_path(path, suffix=".tmp.png") as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")
+    write_png(path, cv2.cvtColor(overlay_picture(image, labels), cv2.COLOR_RGB2BGR))
 
 
 def output_paths(out_dir: str | os.PathLike, name: str, rois: bool) -> dict[str, Path]:
@@ -171,6 +172,66 @@ def output_paths(out_dir: str | os.PathLike, name: str, rois: bool) -> dict[str,
     return paths
 
 
-def is_done(paths: dict[str, Path]) -> bool:
-    """All outputs present (each is written atomically, so present means complete)."""
-    return all(p.is_file() for p in paths.values())
+RECORD_SUFFIX = "_segment.json"
+RECORD_FORMAT = 1
+
+
+def record_path(out_dir: str | os.PathLike, name: str) -> Path:
+    """``NAME_segment.json``: what made the image's outputs (written after them)."""
+    return Path(out_dir) / f"{name}{RECORD_SUFFIX}"
+
+
+def output_files(name: str) -> list[str]:
+    """Every file name one image's outputs may have, record included (to find the temporary
+    files a killed run left of them)."""
+    return [f"{name}{s}" for s in ("_labels.tif", "_cells.csv", "_overlay.png", "_rois.zip",
+                                   RECORD_SUFFIX)]
+
+
+def _file_entry(path: Path) -> dict[str, object]:
+    return {"file": fileio.printable(path.name), "bytes": path.stat().st_size,
+            "sha256": fileio.file_digest(path)}
+
+
+def write_record(path: Path, settings: dict, input_sha256: str, outputs: dict[str, Path],
+                 result: dict) -> None:
+    """The record of one finished image (atomically, after every output exists)."""
+    import json
+
+    doc = {"format": RECORD_FORMAT, "input_sha256": input_sha256, "settings": settings,
+           "outputs": {k: _file_entry(p) for k, p in outputs.items()}, "result": result}
+    fileio.write_text(path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+
+
+def read_record(path: Path) -> dict | None:
+    """The record, or None when missing or unreadable (the image is then redone)."""
+    import json
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("format") == RECORD_FORMAT else None
+
+
+def record_problem(record: dict | None, settings: dict, input_sha256: str,
+                   paths: dict[str, Path]) -> str | None:
+    """Why an image's outputs must be redone (missing record, another model or option, a
+    changed input, an output missing or changed since), or None when they are current."""
+    if record is None:
+        return "no record of a finished run"
+    if record.get("input_sha256") != input_sha256:
+        return "the input image changed"
+    old = record.get("settings", {})
+    changed = sorted(k for k in {*old, *settings} if old.get(k) != settings.get(k))
+    if changed:
+        return f"made with other {', '.join(changed)}"
+    outputs = record.get("outputs", {})
+    for key, path in paths.items():
+        entry = outputs.get(key)
+        if entry is None or not path.is_file():
+            return f"{path.name} missing"
+        if path.stat().st_size != entry.get("bytes") or \
+                fileio.file_digest(path) != entry.get("sha256"):
+            return f"{path.name} changed since it was written"
+    return None
