@@ -18,11 +18,11 @@ without ``--dir-mode zip`` the Kaggle CLI skips sub-folders)::
     models/<exp>/postprocess.yaml   tuned post-processing, when tune.py was run
     wheels/                      optional: *.whl + requirements.txt for an offline pip install
 
-The package is built in a temporary folder beside the destination and renamed into place at
-the end, so an interrupted build never leaves a half-package that looks complete; an existing
+The package is built in a temporary folder beside the destination and swapped into place at
+the end (:func:`cellseg.fileio.replace_folder`), so an interrupted build never leaves a half-package that looks complete; an existing
 package is replaced only with ``overwrite=True``, and only if it is one (it has a manifest).
 
-One module (~620 lines) on purpose: the builder and the kernel-side readers
+One module on purpose: the builder and the kernel-side readers
 (:func:`verify_package`, :func:`find_experiment`, :func:`resolve_packaged_config`) are the two
 sides of one folder format, kept together so that they cannot drift apart.
 """
@@ -37,7 +37,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
@@ -413,11 +412,9 @@ def build_package(
         raise PackagingError("wheels=True needs the requirements to download (e.g. "
                              "kernel_requirements('requirements.txt'))")
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the finished package private
-    old: Path | None = None
-    try:
+    # Built in a temporary sibling and swapped in (fileio.replace_folder): the folder is at
+    # every moment either the old package or the new one.
+    with fileio.replace_folder(out_dir) as tmp:
         shutil.copytree(code_dir, tmp / CODE_DIR, ignore=_IGNORE_CODE)
         config_names = _copy_configs(configs, tmp / CONFIGS_DIR)
         dest_exp = tmp / MODELS_DIR / exp
@@ -452,21 +449,6 @@ def build_package(
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        # Into place: the old package (if replacing) is moved aside first, so the folder is
-        # at every moment either the old package or the new one.
-        if out_dir.exists():
-            if not overwrite:
-                raise PackagingError(f"{out_dir} appeared while building; pass --overwrite")
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out_dir.exists():
-            os.rename(old, out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
     n_bytes = sum(p.stat().st_size for p in out_dir.rglob("*") if p.is_file())
     n_files = sum(1 for p in out_dir.rglob("*") if p.is_file())
     return PackageSummary(out_dir=out_dir, exp=exp, folds=fold_list, dataset_id=dataset_id,
