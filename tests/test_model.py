@@ -299,11 +299,14 @@ def test_build_losses_weights_and_names():
         bce_weight: float = 1.0
         dice_weight: float = 1.0
         cell_type_weight: float = 0.3
+        outline_weight: float = 2.0
+        outline_width: int = 1
 
     loss, weights = build_losses(["seg1", "seg2", "seg3", "cell_type"], W())
     assert set(loss) == {"seg1", "seg2", "seg3", "cell_type"}
     assert weights["seg1"] == pytest.approx(1 / 3)
     assert weights["cell_type"] == pytest.approx(0.3)
+    assert loss["seg1"].outline_weight == 2.0 and loss["seg1"].outline_width == 1
     assert loss["seg3"].channel_weights == [2.0, 0.5]
     assert isinstance(loss["cell_type"], keras.losses.SparseCategoricalCrossentropy)
     loss, weights = build_losses(["seg4"], W(), sparse_cell_type=False)

@@ -301,8 +301,8 @@ def build_losses(
             channel_weights=cw,
             bce_weight=weights.bce_weight,
             dice_weight=weights.dice_weight,
-            outline_weight=getattr(weights, "outline_weight", 0.0),
-            outline_width=getattr(weights, "outline_width", 2),
+            outline_weight=weights.outline_weight,
+            outline_width=weights.outline_width,
             name=f"{name}_bce_dice",
         )
         loss_weights[name] = 1.0 / len(seg)
