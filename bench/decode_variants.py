@@ -58,7 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
 
-    from cellseg.evaluate.error_analysis import WHAT_IF_COLUMNS, error_analysis, error_table
+    from cellseg.evaluate.error_analysis import (
+        WHAT_IF_COLUMNS,
+        error_analysis,
+        error_summary,
+        error_table,
+    )
     from cellseg.experiment import resolve_config
     from cellseg.postprocess.decode import decode_with_params
     from cellseg.postprocess.search_space import DEEP_SEARCH_SPACE
@@ -86,13 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 labels = decode_with_params(oof.dequantize(es.inputs[i]),
                                             held[cell_type]["params"][i])
                 records.append((image_id, cell_type, error_analysis(es.truths[i], labels)))
-        table = error_table(records)
-        for cell_type, part in [*table.groupby("cell_type"), ("overall", table)]:
-            iou = float((part["mean_iou"].fillna(0) * part["tp"]).sum()
-                        / max(part["tp"].sum(), 1))
-            rows.append({"variant": name, "cell_type": cell_type, "images": len(part),
-                         **{k: float(part[k].mean()) for k in WHAT_IF_COLUMNS},
-                         "mean_iou": iou})
+        summary = error_summary(error_table(records))
+        for cell_type, r in summary.iterrows():
+            rows.append({"variant": name, "cell_type": cell_type, "images": int(r["images"]),
+                         **{k: float(r[k]) for k in WHAT_IF_COLUMNS},
+                         "mean_iou": float(r["mean_iou"])})
     frame = pd.DataFrame(rows)
     ref = frame[frame["variant"] == variants()[0][0]].set_index("cell_type")["score"]
     frame["vs reference"] = frame["score"] - frame["cell_type"].map(ref)

@@ -30,8 +30,9 @@ rules that stay comparable across runs:
   one kind of error removed, each alone): ``score`` as predicted; ``score_outlines`` with
   every matched cell's outline made perfect (IoU 1, so it also matches at 0.55-0.95);
   ``score_no_fp`` with every false positive removed; ``score_merges_split`` with every merge
-  replaced by the true cells it holds. They are edits of the IoU matrix: a prediction made
-  perfect is given IoU 0 with every other true cell, exact when true cells do not overlap. The
+  replaced by the true cells it holds. They are edits of the list of overlapping pairs: a
+  prediction made perfect is given IoU 0 with every other true cell, exact when true cells do
+  not overlap. The
   gap between a what-if score and ``score`` is what fixing that kind of error alone is worth.
 
 Truth is a label image or per-cell pixel-index lists (overlapping annotations count shared
@@ -47,7 +48,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from cellseg.evaluate.metric import Truth, match_candidates, match_iou, overlap
+from cellseg.constants import IOU_THRESHOLDS
+from cellseg.evaluate.metric import MatchResult, Truth, match_candidates, overlap
 
 MATCH_IOU = 0.5
 MERGE_COVER = 0.5  # a true cell is inside a prediction when >= this share of it lies there
@@ -217,38 +219,60 @@ def error_analysis(truth: Truth, pred_labels: np.ndarray, iou_threshold: float =
     pred_split_piece = np.zeros(n_pred, bool)
     pred_split_piece[pc[piece & true_split[pr]]] = True
     merged = [(int(j), pr[inside & (pc == j)]) for j in np.flatnonzero(pred_merge)]
+    scored = iou > IOU_THRESHOLDS[0]  # every pair any metric threshold can count
     return ErrorRecord(true_ids=ov.true_ids, true_area=ov.true_area, best_iou=best_iou,
                        matched_iou=matched_iou, true_match=true_match, true_split=true_split,
                        true_in_merge=true_in_merge, pred_ids=ov.pred_ids,
                        pred_area=ov.pred_area, pred_matched=pred_matched,
                        pred_merge=pred_merge, pred_split_piece=pred_split_piece,
-                       what_if=what_if_scores(ov.iou(), rows, cols, merged))
+                       what_if=what_if_scores(pr[scored], pc[scored], iou[scored], n_true,
+                                              n_pred, (rows, cols), merged))
 
 
-def what_if_scores(iou: np.ndarray, rows: np.ndarray, cols: np.ndarray,
+def _pairs_score(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_true: int,
+                 n_pred: int) -> float:
+    """The competition score of an image given as its candidate pairs (IoU > 0.5)."""
+    tp = np.array([match_candidates(rows[m], cols[m], values[m])[0].size
+                   for m in (values > t for t in IOU_THRESHOLDS)], np.int64)
+    return MatchResult(np.asarray(IOU_THRESHOLDS, np.float64), tp, n_pred - tp, n_true - tp,
+                       n_true, n_pred).score
+
+
+def what_if_scores(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, n_true: int,
+                   n_pred: int, matched: tuple[np.ndarray, np.ndarray],
                    merged: list[tuple[int, np.ndarray]]) -> dict[str, float]:
     """The image's score as predicted and with one kind of error removed (module docstring).
 
     Args:
-        iou: dense (n_true, n_pred) IoU matrix.
-        rows, cols: the matching at IoU 0.5 (true cell ``rows[k]`` <-> prediction ``cols[k]``).
-        merged: (prediction column, true cells it holds) of every merge.
+        rows, cols, values: the (true cell, prediction, IoU) pairs with IoU > 0.5, the only
+            ones any metric threshold counts (a few per cell: no dense matrix).
+        n_true, n_pred: cells in the truth and the prediction.
+        matched: the matching at IoU 0.5 (true cells, their predictions).
+        merged: (prediction, true cells it holds) of every merge.
     """
-    n_true, _ = iou.shape
-    outlines = iou.copy()
-    outlines[:, cols] = 0.0
-    outlines[rows, cols] = 1.0
-    no_fp = iou[:, np.sort(cols)]
-    gone = [j for j, _ in merged]
-    pieces = np.zeros((n_true, sum(len(cells) for _, cells in merged)))
-    k = 0
-    for _, cells in merged:
-        pieces[cells, np.arange(k, k + len(cells))] = 1.0
-        k += len(cells)
-    split = np.concatenate([np.delete(iou, gone, axis=1), pieces], axis=1)
-    return {"score": match_iou(iou).score, "score_outlines": match_iou(outlines).score,
-            "score_no_fp": match_iou(no_fp).score,
-            "score_merges_split": match_iou(split).score}
+    m_rows, m_cols = matched
+    ones = np.ones(m_rows.size)
+    is_matched = np.isin(cols, m_cols)
+    # Perfect outlines: a matched prediction becomes its true cell (IoU 1 with it, 0 with
+    # every other true cell).
+    out_r = np.concatenate([rows[~is_matched], m_rows])
+    out_c = np.concatenate([cols[~is_matched], m_cols])
+    out_v = np.concatenate([values[~is_matched], ones])
+    # Merges split: each merge is replaced by one new prediction per true cell it holds.
+    gone = np.isin(cols, [j for j, _ in merged])
+    cells = (np.concatenate([c for _, c in merged]) if merged else np.zeros(0, np.int64))
+    new_c = n_pred + np.arange(cells.size)
+    split_r = np.concatenate([rows[~gone], cells])
+    split_c = np.concatenate([cols[~gone], new_c])
+    split_v = np.concatenate([values[~gone], np.ones(cells.size)])
+    return {
+        "score": _pairs_score(rows, cols, values, n_true, n_pred),
+        "score_outlines": _pairs_score(out_r, out_c, out_v, n_true, n_pred),
+        "score_no_fp": _pairs_score(rows[is_matched], cols[is_matched], values[is_matched],
+                                    n_true, m_cols.size),
+        "score_merges_split": _pairs_score(split_r, split_c, split_v, n_true,
+                                           n_pred - len(merged) + cells.size),
+    }
 
 
 def error_counts(truth: Truth, pred_labels: np.ndarray,

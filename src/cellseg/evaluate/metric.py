@@ -213,13 +213,7 @@ def _n_matches(candidates: np.ndarray) -> int:
 def match(truth: Truth, pred: np.ndarray,
           thresholds: Sequence[float] = IOU_THRESHOLDS) -> MatchResult:
     """Match predictions to truths at every threshold (IoU > t, strict)."""
-    return match_iou(iou_matrix(truth, pred), thresholds)
-
-
-def match_iou(iou: np.ndarray, thresholds: Sequence[float] = IOU_THRESHOLDS) -> MatchResult:
-    """:func:`match` on a dense (n_true, n_pred) IoU matrix; the error analysis scores edited
-    matrices ("what if the outlines were perfect") with it."""
-    iou = np.asarray(iou, np.float64)
+    iou = iou_matrix(truth, pred)
     n_true, n_pred = iou.shape
     th = np.asarray(thresholds, np.float64)
     tp = np.array([_n_matches(iou > t) for t in th], np.int64)

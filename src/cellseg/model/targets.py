@@ -55,8 +55,8 @@ def centre_map(labels: np.ndarray) -> np.ndarray:
 
     inside = (labels > 0) & ~find_boundaries(labels, mode="inner")
     dist = ndi.distance_transform_edt(inside) + (labels > 0)  # outline pixels at 1
-    peak = np.zeros(int(labels.max()) + 1)
-    np.maximum.at(peak, labels.ravel(), dist.ravel())
+    peak = np.asarray(ndi.maximum(dist, labels, index=np.arange(int(labels.max()) + 1)),
+                      np.float64)
     peak[0] = 1.0
     return (dist / peak[labels]).astype(np.float32)
 
