@@ -265,9 +265,10 @@ def decode_instances(
             often predicted hollow).
         compactness: skimage's compact watershed parameter; 0 = classic watershed.
         connectivity: 1 = 4-neighbour, 2 = 8-neighbour, for seeds, regions and flooding.
-        smooth_sigma: Gaussian sigma (px) applied to both maps before thresholding; 0 = none.
+        smooth_sigma: Gaussian sigma (px) applied to the body and border maps (not a centre
+            map) before thresholding; 0 = none.
             Annotators draw smooth outlines, a pixel-wise threshold of a noisy map does not.
-        split_height: > 0 splits a seed region with two or more necks: its seeds become the
+        split_height: > 0 splits a seed region at its necks: its seeds become the
             maxima of the region's distance transform that stand at least this many pixels
             above their surroundings (h-maxima), so two touching cells whose border the
             network missed still get two seeds; 0 = off.
@@ -291,10 +292,9 @@ def decode_instances(
     split_height = _check_float("split_height", split_height)
     structure = _structure(connectivity)
     if smooth_sigma > 0:
-        body = ndimage.gaussian_filter(body.astype(np.float32), smooth_sigma, mode="nearest")
+        body = ndimage.gaussian_filter(body, smooth_sigma, mode="nearest")
         if border is not None:
-            border = ndimage.gaussian_filter(border.astype(np.float32), smooth_sigma,
-                                             mode="nearest")
+            border = ndimage.gaussian_filter(border, smooth_sigma, mode="nearest")
 
     score = body if centre is None else np.clip(centre, 0.0, 1.0)
     if border is not None:
