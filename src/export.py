@@ -1,78 +1,14 @@
 """Export a trained experiment: ``python src/export.py --exp EXP --out DIR``.
 
-Writes DIR/saved_model/ (TensorFlow SavedModel: TF Serving, DeepImageJ), DIR/model.onnx
-(tf2onnx), DIR/postprocess.yaml (the per-cell-type post-processing parameters),
-DIR/export.json and DIR/README.md (input normalisation, output channels, checks). Each
-exported file is run on a synthetic test image and compared with Keras; the largest
-absolute difference is printed and must be <= 1e-4. The logic lives in ``cellseg.deploy.export``.
-
-Exit status: 0 when every export reproduces Keras, 2 on bad options or a failed check.
+The tool lives in ``cellseg/commands/export.py``; this file runs it from a checkout.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cellseg.cli import DEFAULT_CONFIG, USER_ERRORS, int_list, print_error, resolve_experiment  # noqa: E402
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--exp", help="experiment name (output/<exp>; default: the config's name)")
-    p.add_argument("--out", required=True, help="output folder (empty or new)")
-    p.add_argument("--config", default=None,
-                   help=f"YAML config (default: {DEFAULT_CONFIG} if it exists)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value (repeatable)")
-    p.add_argument("--folds", type=int_list, help="folds to ensemble (default: infer.folds)")
-    p.add_argument("--heads", help="mean | last | prune=L (default: infer.heads)")
-    p.add_argument("--no-onnx", action="store_true", help="SavedModel only")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise ValueError(f"--out {out}: exists and is not a folder")
-        from cellseg import fileio
-
-        fileio.recover_folder(out)  # a swap that a killed run left half-way
-        fileio.require_writable_folder(out, "--out")
-        fileio.require_writable_folder(out.absolute().parent, "--out's parent")
-        if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-            raise ValueError(f"--out {out} is not empty; pass --overwrite to replace it")
-        cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds, announce=False)
-        from cellseg.deploy.export import export_experiment
-        from cellseg.infer.ensemble import FoldEnsemble  # TensorFlow from here on
-
-        ens = FoldEnsemble.load(cfg, exp_dir, folds=args.folds, heads=args.heads,
-                                warn_untuned=False)
-        print(f"experiment {exp_dir}: folds {ens.folds}, heads {ens.heads} -> {out}",
-              flush=True)
-        export_experiment(ens, cfg, exp_dir, out, onnx=not args.no_onnx,
-                          overwrite=args.overwrite)
-    except USER_ERRORS as exc:
-        return print_error(exc)
-    print(f"wrote {out} (README.md there says how to use it)")
-    return 0
-
+from cellseg.commands.export import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main())
