@@ -127,7 +127,7 @@ def fold0_seed(data_dir: Path, n_folds: int = 3, first: int = 42, tries: int = 5
     Why: folds are grouped by sample (3-6 images each), so a small data root has only a
     couple of samples of a type and one fold can miss it; the table needs a score per type.
     """
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
     from cellseg.data.folds import make_folds
 
     images = TrainData(data_dir).images
@@ -263,7 +263,7 @@ def forward_ms(model_paths: dict[str, Path], repeats: int = 5) -> dict[str, floa
     from bench_model import _forward_fn, interleaved
 
     from cellseg.model import losses, network  # noqa: F401  (custom objects)
-    from cellseg.train import schedules  # noqa: F401
+    from cellseg.model import predict  # noqa: F401  (registers the custom Keras objects)
 
     tf.get_logger().setLevel("ERROR")
     x = tf.constant(np.random.default_rng(0).standard_normal((1, 528, 704, 1)).astype(

@@ -195,11 +195,11 @@ class Bench:
         import keras
 
         from cellseg.config import load_config
-        from cellseg.data.dataset import TrainData
+        from cellseg.data.data_root import TrainData
         from cellseg.model.losses import compile_kwargs
         from cellseg.model.network import build_model, output_names
         from cellseg.train.batches import load_samples
-        from cellseg.train.schedules import WarmupCosine
+        from cellseg.model.schedules import WarmupCosine
         from cellseg.train.trainer import classifier_probs, train_cell_type_classifier
 
         self.tmp = tmp
@@ -288,7 +288,7 @@ class Bench:
         import pandas as pd
 
         from cellseg import fileio
-        from cellseg.evaluate.viz import plot_curves
+        from cellseg.viz import plot_curves
         from cellseg.train.monitor import FoldMonitor, validate_images
 
         fold_dir = self.tmp / "output" / "fold0"
@@ -340,7 +340,7 @@ class Bench:
         writer's first-call costs."""
         import pandas as pd
 
-        from cellseg.evaluate.viz import plot_curves
+        from cellseg.viz import plot_curves
         from cellseg.train.monitor import validate_images
 
         steps = self.steps

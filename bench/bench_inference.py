@@ -2,7 +2,7 @@
 
 Why: the Kaggle kernel has 9 GPU hours for ~240 hidden test images x folds x TTA, and a CPU
 user wants to know what ``infer.py`` costs per image and where the time goes. This runs the
-real thing, :func:`cellseg.infer.test_set.run_inference` (the code ``src/infer.py`` and the
+real thing, :func:`cellseg.infer.inference.run_inference` (the code ``src/infer.py`` and the
 kernel run), and reports its per-stage timing (read + normalise, model ensemble + TTA,
 post-processing, RLE encoding, csv) for four settings: no TTA / 4-flip TTA x
 ``heads=mean`` (every deep-supervision head) / ``heads=prune=2`` (UNet++ pruned to
@@ -93,8 +93,8 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         settings: list[tuple[str, list[str]]] | None = None) -> dict[str, Any]:
     """Time run_inference for each (heads, tta) setting; returns the results dict."""
     from cellseg import experiment
-    from cellseg.infer import ensemble
-    from cellseg.infer.test_set import run_inference
+    from cellseg.model import predict
+    from cellseg.infer.inference import run_inference
     from cellseg.model.network import model_info
 
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
@@ -115,7 +115,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
         # Load each model file once; run_inference's later calls get the same objects, so
         # their compiled forward calls (and pruned views) are reused, as in one long run.
         cache: dict[str, Any] = {}
-        original = ensemble.load_models
+        original = predict.load_models
         load_s: dict[str, float] = {}
 
         def cached(paths):  # noqa: ANN001, ANN202 (same signature as load_models)
@@ -131,7 +131,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
                 out.append(cache[key])
             return out
 
-        ensemble.load_models = cached
+        predict.load_models = cached
         tuned = (exp_dir / "postprocess.yaml").is_file()
         try:
             with warnings.catch_warnings():
@@ -163,7 +163,7 @@ def run(exp_dir: Path, data_dir: Path | None, n_images: int = 6,
                         "cell_types": s["cell_type_counts"],
                     })
         finally:
-            ensemble.load_models = original
+            predict.load_models = original
     base = next((r for r in rows if "skipped" not in r), None)
     for r in rows:
         if "skipped" not in r and base is not None:

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from cellseg.constants import IOU_THRESHOLDS  # noqa: E402
-from cellseg.evaluate.metric import image_score, iou_matrix, match  # noqa: E402
+from cellseg.metrics.score import image_score, iou_matrix, match  # noqa: E402
 
 NAME = "metric"
 
@@ -208,9 +208,9 @@ def run(n_images: int = 10, n_cells: int = 300, repeats: int = 5, seed: int = 0,
 
 
 def table(r: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    rows = [["cellseg.evaluate.metric.image_score (label images)", r["ours_label_image_ms"],
+    rows = [["cellseg.metrics.score.image_score (label images)", r["ours_label_image_ms"],
              r.get("speedup_ours_vs_stardist")],
-            ["cellseg.evaluate.metric.match (truth as per-cell pixel lists)",
+            ["cellseg.metrics.score.match (truth as per-cell pixel lists)",
              r["ours_pixel_lists_ms"],
              r.get("speedup_pixel_lists_vs_stardist")]]
     if r["stardist"]:

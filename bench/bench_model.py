@@ -6,7 +6,7 @@ UNet++) is a trade of accuracy against cost; this measures the cost side with on
 
 * parameters;
 * forward pass of one 528 x 704 image (the competition's 520 x 704 padded to a multiple of
-  16), through the same compiled call inference uses (``cellseg.infer.maps._forward``): median
+  16), through the same compiled call inference uses (``cellseg.model.predict._forward``): median
   of ``--repeats`` calls after warm-up;
 * one training step (``train_on_batch``, AdamW, the project's losses and metrics) on 2 crops
   of 256 x 256;
@@ -99,7 +99,7 @@ def _forward_fn(model: Any) -> Any:
     copy out, as in inference)."""
     import keras
 
-    from cellseg.infer.maps import _forward
+    from cellseg.model.predict import _forward
 
     fn = _forward(model)
 
@@ -183,7 +183,7 @@ def run(widths: list[int], height: int = 528, width: int = 704, repeats: int = 5
     import tensorflow as tf
 
     from cellseg.config import ModelConfig
-    from cellseg.infer.maps import pruned
+    from cellseg.model.predict import pruned
     from cellseg.model.network import build_model
 
     tf.get_logger().setLevel("ERROR")  # "N calls triggered retracing": one trace per model

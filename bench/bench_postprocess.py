@@ -40,7 +40,7 @@ import skimage  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from cellseg import fileio  # noqa: E402
-from cellseg.evaluate.metric import image_score  # noqa: E402
+from cellseg.metrics.score import image_score  # noqa: E402
 from cellseg.postprocess.classical import classical_segment
 from cellseg.postprocess.decode import decode_instances  # noqa: E402
 

@@ -44,7 +44,7 @@ import pandas as pd  # noqa: E402
 
 from cellseg.constants import TRAIN_COLUMNS  # noqa: E402
 from cellseg.data import rle  # noqa: E402
-from cellseg.data.dataset import TrainData  # noqa: E402
+from cellseg.data.data_root import TrainData  # noqa: E402
 
 NAME = "rle"
 

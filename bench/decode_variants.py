@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
 
-    from cellseg.evaluate.error_analysis import (
+    from cellseg.metrics.error_analysis import (
         WHAT_IF_COLUMNS,
         error_analysis,
         error_summary,

@@ -147,10 +147,10 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
 
     from cellseg import fileio
     from cellseg.constants import CELL_TYPES
-    from cellseg.data.dataset import TrainData
-    from cellseg.evaluate.error_analysis import error_analysis, error_summary, error_table
-    from cellseg.evaluate.metric import match
-    from cellseg.evaluate.viz import error_overlay, plot_iou_hist
+    from cellseg.data.data_root import TrainData
+    from cellseg.metrics.error_analysis import error_analysis, error_summary, error_table
+    from cellseg.metrics.score import match
+    from cellseg.viz import error_overlay, plot_iou_hist
     from cellseg.postprocess.decode import decode_with_params
     from cellseg.train import oof
     from cellseg.tune.eval_sets import load_eval_sets
@@ -278,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in results["summary"]]
     import pandas as pd
 
-    from cellseg.evaluate.error_analysis import SIZE_BINS, WHAT_IF_COLUMNS
+    from cellseg.metrics.error_analysis import SIZE_BINS, WHAT_IF_COLUMNS
 
     err_cols = ["cell_type", "images", "tp", "fn", "fp", "merges", "splits",
                 "precision@0.5", "recall@0.5", "mean_iou",

@@ -6,7 +6,7 @@ shaped and rendered like real ones. This script measures both sides with the sam
 puts them side by side, per cell type.
 
 Real side: the labelled real subset (``../shared/real_subset``: 40 images, astro 9, cort 21,
-shsy5y 10), read with ``cellseg.data.dataset.TrainData``. If it is absent (a user's clone has no
+shsy5y 10), read with ``cellseg.data.data_root.TrainData``. If it is absent (a user's clone has no
 ``shared/``), the script prints a note and exits 0. Synthetic side: the project's generator
 (``cellseg.data.synthetic.make_dataset``) writes, into a temporary directory, the same number of
 704 x 520 images per type, read back with the same loader (so both go through the same RLE
@@ -67,7 +67,7 @@ from skimage.measure import regionprops  # noqa: E402
 from cellseg import fileio
 from cellseg.constants import CELL_TYPES  # noqa: E402
 from cellseg.data import synthetic  # noqa: E402
-from cellseg.data.dataset import Instances, TrainData  # noqa: E402
+from cellseg.data.data_root import Instances, TrainData  # noqa: E402
 
 NAME = "synthetic_vs_real"
 DEFAULT_REAL = common.REPO.parent / "shared" / "real_subset"

@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from cellseg.constants import CELL_TYPES
-    from cellseg.data.dataset import TrainData
-    from cellseg.evaluate.metric import match
+    from cellseg.data.data_root import TrainData
+    from cellseg.metrics.score import match
     from cellseg.model.targets import border_radius, make_targets
     from cellseg.postprocess.decode import decode_instances
 

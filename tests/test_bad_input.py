@@ -406,7 +406,7 @@ def test_real_exit_status(module: str, case_id: str, ws: Workspace) -> None:
 
 # ------------------------------------------------------------------------------ warnings
 def test_duplicated_train_rows_warn_with_count_and_file(ws: Workspace) -> None:
-    from cellseg.data.dataset import read_train_csv
+    from cellseg.data.data_root import read_train_csv
 
     path = ws.data / "train.csv"
     lines = path.read_text().splitlines()
@@ -417,7 +417,7 @@ def test_duplicated_train_rows_warn_with_count_and_file(ws: Workspace) -> None:
 
 
 def test_folds_ids_missing_from_train_csv_warn(ws: Workspace) -> None:
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
     from cellseg.data.folds import load_folds
 
     ws.edit_csv("folds.csv", lambda df: df.loc.__setitem__(

@@ -81,7 +81,7 @@ def test_real_images_out_of_fold():
     """Half of the 40 real images train, the other half are classified (and the reverse)."""
     if not (REAL_SUBSET / "train.csv").is_file():
         pytest.skip(f"real subset not present at {REAL_SUBSET}")
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
 
     data = TrainData(REAL_SUBSET)
     ids = sorted(data.ids)

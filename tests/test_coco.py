@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cellseg.data import coco_masks, rle
-from cellseg.data.dataset import TrainData, read_train_csv
+from cellseg.data.data_root import TrainData, read_train_csv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))

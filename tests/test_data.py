@@ -5,7 +5,7 @@ import pytest
 
 from cellseg.constants import TRAIN_COLUMNS
 from cellseg.data import rle
-from cellseg.data.dataset import (
+from cellseg.data.data_root import (
     DataError,
     TrainData,
     decode_annotations,
@@ -171,7 +171,7 @@ def test_unsafe_ids_rejected_when_read(tmp_path, image_id):
 
 @pytest.mark.parametrize("image_id", ["0030fd0e6378", "a_b.c-d", "_1_img", "A" * 200])
 def test_safe_ids_accepted(image_id):
-    from cellseg.data.dataset import check_image_id, is_safe_id
+    from cellseg.ids import check_image_id, is_safe_id
 
     assert is_safe_id(image_id) and check_image_id(image_id, "f.csv: row 2") == image_id
 

@@ -148,7 +148,7 @@ def test_writes_tables_and_overlays(tmp_path):
                               "iou_hist.png")} <= set(result.files)
     assert result.errors.set_index("id").loc["img03", "fn"] == 2
     # The worst overlay draws the two missed true cells in red (the truth panel's outlines).
-    from cellseg.evaluate.viz import ERROR_COLOURS, outlines
+    from cellseg.viz import ERROR_COLOURS, outlines
     missed = np.zeros((64, 96), np.int32)
     for k, text in enumerate(truth[truth["id"] == "img03"]["annotation"].iloc[-2:]):
         missed[rle.decode(text, (64, 96))] = k + 1
@@ -191,7 +191,7 @@ def test_real_sample_truth_scores_its_own_label_image(real_sample, tmp_path):
     """The real image's 395 overlapping annotations, flattened to a label image (what a
     submission can hold), score high but below 1: the 3,354 contested pixels still count for
     every true cell. The overlay finds the image in <truth folder>/train."""
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
 
     data = TrainData(real_sample)
     image_id = data.ids[0]

@@ -54,7 +54,7 @@ def _full_model(path: Path):
     import keras
 
     from cellseg.model import losses, network  # noqa: F401  (custom objects)
-    from cellseg.train import schedules  # noqa: F401
+    from cellseg.model import predict  # noqa: F401  (registers the custom Keras objects)
 
     return keras.saving.load_model(path)
 

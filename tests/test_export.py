@@ -57,7 +57,7 @@ def test_exports_work_at_another_size(exported):
     from cellseg.deploy.export import run_onnx, run_saved_model, test_image
     from cellseg.experiment import resolve_config
     from cellseg.infer.ensemble import FoldEnsemble
-    from cellseg.infer.maps import predict_images
+    from cellseg.model.predict import predict_images
 
     cfg, exp_dir, _ = resolve_config(exported["config"])
     ens = FoldEnsemble.load(cfg, exp_dir, warn_untuned=False)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cellseg.data.dataset import DataError
+from cellseg.data.data_root import DataError
 from cellseg.data.folds import check_no_leakage, load_folds, make_folds
 
 REPO = Path(__file__).resolve().parents[1]

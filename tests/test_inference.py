@@ -16,11 +16,11 @@ from test_evaluate import make_disk_dataset
 
 from cellseg.config import Config, ModelConfig, load_config, save_config
 from cellseg.constants import CELL_TYPES
-from cellseg.data.dataset import DataError
+from cellseg.data.data_root import DataError
 from cellseg.exceptions import InferenceError
 from cellseg.experiment import find_fold_models, resolve_config
 from cellseg.infer.submission import validate_submission
-from cellseg.infer.test_set import run_inference
+from cellseg.infer.inference import run_inference
 from cellseg.tune.tuned_params import save_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -259,7 +259,7 @@ def test_whole_image_classifiers_choose_the_type(workspace, tmp_path):
     """Fold classifiers beside the models decide the type; the CSV holds their probabilities."""
     import shutil
 
-    from cellseg.data.dataset import read_image
+    from cellseg.data.data_root import read_image
     from cellseg.experiment import CLASSIFIER_FILE
     from cellseg.model.celltype import CellTypeClassifier, image_features
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cellseg.config import ModelConfig
-from cellseg.infer.maps import crop, normalize_image, pad_to_multiple, predict_images, pruned
+from cellseg.model.predict import crop, normalize_image, pad_to_multiple, predict_images, pruned
 from cellseg.model.network import build_model, prune_model
 
 

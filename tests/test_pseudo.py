@@ -16,7 +16,7 @@ import yaml
 
 from cellseg.config import PostprocessParams
 from cellseg.constants import CELL_TYPES
-from cellseg.data.dataset import TrainData, read_train_csv
+from cellseg.data.data_root import TrainData, read_train_csv
 from cellseg.infer import pseudo_labels
 from cellseg.postprocess.decode import decode_with_params
 

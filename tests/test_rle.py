@@ -95,7 +95,7 @@ def test_out_of_range_and_odd_tokens_are_rle_errors(text, message):
 
 def test_rle_error_is_a_data_error():
     # Every CLI reports a DataError as one `error:` line; a malformed RLE is bad data too.
-    from cellseg.data.dataset import DataError
+    from cellseg.data.data_root import DataError
 
     assert issubclass(rle.RLEError, DataError) and issubclass(rle.RLEError, ValueError)
 

@@ -182,7 +182,7 @@ def test_tiled_big_16bit_tiff_equals_whole_image(ensemble, tmp_path):
     pass, and cells lying across tile edges come out whole."""
     import tifffile
 
-    from cellseg.evaluate.metric import image_score
+    from cellseg.metrics.score import image_score
 
     img8, _ = synthetic_image(2000, 3000, seed=3)
     img = img8.astype(np.uint16) * 200 + 1000

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from cellseg.data import rle
-from cellseg.data.dataset import DataError
+from cellseg.data.data_root import DataError
 from cellseg.data.images import image_size
 from cellseg.infer.submission import (
     SubmissionError,

@@ -3,7 +3,7 @@ import pytest
 
 from cellseg.config import AugmentConfig, load_config
 from cellseg.data import rle
-from cellseg.data.dataset import decode_annotations
+from cellseg.data.data_root import decode_annotations
 from cellseg.model.targets import TargetCache, annotation_key, make_targets, targets_as_float
 from cellseg.train.augment import apply, build_augment
 from cellseg.train.batches import Sample, TrainBatches

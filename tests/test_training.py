@@ -115,7 +115,7 @@ def test_warmup_cosine_values_and_older_checkpoints_reload(tmp_path):
 
     import keras
 
-    from cellseg.train.schedules import WarmupCosine
+    from cellseg.model.schedules import WarmupCosine
 
     schedule = WarmupCosine(1e-3, warmup_steps=4, total_steps=14, floor=0.01)
     lr = [float(schedule(step)) for step in range(16)]
@@ -138,9 +138,9 @@ def test_warmup_cosine_values_and_older_checkpoints_reload(tmp_path):
 def test_saved_model_reloads_and_predicts_the_same(trained):
     """best.keras, reloaded, reproduces the OOF maps training wrote from its in-memory model
     (saving and loading lose nothing: weights, custom layers, heads)."""
-    from cellseg.data.dataset import TrainData
-    from cellseg.infer.ensemble import load_models
-    from cellseg.infer.maps import normalize_image, predict_images
+    from cellseg.data.data_root import TrainData
+    from cellseg.model.predict import load_models
+    from cellseg.model.predict import normalize_image, predict_images
     from cellseg.train import oof
 
     tmp, root, _, _ = trained

@@ -25,7 +25,7 @@ from tiny_data import make_tiny_root
 
 from cellseg.config import load_config
 from cellseg.constants import CELL_TYPES
-from cellseg.data.dataset import TrainData
+from cellseg.data.data_root import TrainData
 from cellseg.data.folds import load_folds
 from cellseg.exceptions import TuningError
 from cellseg.model.targets import make_targets

@@ -368,7 +368,7 @@ def _check_ranges(cfg: Config) -> None:
 def check_config(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; errors name the key."""
     _check_ranges(cfg)
-    from cellseg.data.dataset import is_safe_id
+    from cellseg.ids import is_safe_id
 
     if not is_safe_id(cfg.name):
         raise ConfigError(f"name: {cfg.name!r} is not a safe folder name (the experiment "
@@ -389,7 +389,7 @@ def check_config(cfg: Config) -> None:
             f"augment.crop_size={cfg.augment.crop_size} must be a multiple of 2^{depth}"
             f"={2**depth} (the model has {depth} down-sampling steps)"
         )
-    from cellseg.model.readout import check_tta, parse_heads
+    from cellseg.readout import check_tta, parse_heads
 
     try:
         parse_heads(cfg.infer.heads, depth)

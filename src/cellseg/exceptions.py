@@ -6,7 +6,7 @@ The command-line scripts turn any of them (and a ``ValueError`` or ``OSError``) 
 ``error:`` line and exit status 2 (:data:`cellseg.cli.USER_ERRORS`,
 :func:`cellseg.cli.print_error`); anything else is a bug and keeps its traceback.
 
-Why one module: :mod:`cellseg.data.rle` sits below :mod:`cellseg.data.dataset`, yet a
+Why one module: :mod:`cellseg.data.rle` sits below :mod:`cellseg.data.data_root`, yet a
 malformed RLE is bad data like any other, and the CLIs of every stage catch one base class
 instead of a list that is easy to get wrong. Each stage's module re-exports its own error.
 """

@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg.data.coco import CocoError, convert_coco, parse_type_map, root_to_coco, write_coco
-    from cellseg.data.dataset import DataError
+    from cellseg.data.data_root import DataError
     from cellseg.data.rle import RLEError
 
     raw_argv = list(sys.argv if argv is None else ["src/convert_coco.py", *argv])

@@ -3,7 +3,7 @@
 Ensembles every trained fold of the experiment (``output/<exp>/fold<K>/best.keras``) with
 test-time augmentation, picks each image's cell type from the network's head, decodes
 instances with that type's tuned parameters (``output/<exp>/postprocess.yaml``) and writes a
-validated submission atomically. All the logic lives in ``cellseg.infer.test_set.run_inference``
+validated submission atomically. All the logic lives in ``cellseg.infer.inference.run_inference``
 (the Kaggle kernel calls it too); this script only parses options.
 
 Config: when the experiment has a saved training config (``fold0/config.yaml``) it is the base
@@ -62,7 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plain_warnings()
-    from cellseg.infer.test_set import run_inference
+    from cellseg.infer.inference import run_inference
 
     try:
         cfg, exp_dir, _ = resolve_experiment(args, folds=args.folds)

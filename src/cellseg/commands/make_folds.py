@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cellseg.cli import USER_ERRORS, print_error
 from cellseg.constants import DEFAULT_DATA_DIR
-from cellseg.data.dataset import DataError, TrainData
+from cellseg.data.data_root import DataError, TrainData
 from cellseg.data.folds import FOLDS_FILENAME, make_folds, save_folds
 
 

@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg import fileio
-    from cellseg.data.dataset import is_safe_id
+    from cellseg.ids import is_safe_id
     from cellseg.evaluate.report import build_report
 
     warnings.formatwarning = lambda message, *a, **k: f"warning: {message}\n"

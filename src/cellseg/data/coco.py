@@ -10,9 +10,9 @@ Segmentations (polygons, uncompressed and compressed RLE) are decoded by
 :mod:`cellseg.data.coco_masks`.
 
 Overlapping cells are allowed (real astro cells overlap): each annotation keeps its own mask
-and its own train.csv row, as in the competition's train.csv (see ``cellseg.data.dataset``).
+and its own train.csv row, as in the competition's train.csv (see ``cellseg.data.data_root``).
 
-Cell types: the kit knows only ``CELL_TYPES`` (``cellseg.data.dataset.read_train_csv``
+Cell types: the kit knows only ``CELL_TYPES`` (``cellseg.data.data_root.read_train_csv``
 rejects anything else, and the post-processing is tuned per type), so every image needs one of
 them: a fixed
 ``cell_type``; the LIVECell file-name prefix (``SHSY5Y_Phase_...`` -> ``shsy5y``; other cell
@@ -43,14 +43,14 @@ from cellseg.data.coco_masks import (
     indices_to_rle,
     segmentation_indices,
 )
-from cellseg.data.dataset import ID_CHARS, MAX_ID_LENGTH, check_image_id
+from cellseg.ids import ID_CHARS, MAX_ID_LENGTH, check_image_id
 from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError
 
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
 DEFAULT_LINE_MAP: dict[str, str] = {"SHSY5Y": "shsy5y", "SH-SY5Y": "shsy5y"}
 SOURCE_FILE = "source.json"
-# The complement of the id alphabet that cellseg.data.dataset checks when any CSV is read.
+# The complement of the id alphabet that cellseg.data.data_root checks when any CSV is read.
 _SAFE_ID = re.compile(f"[^{ID_CHARS}]")
 _EXTRA_COLUMNS = tuple(c for c in TRAIN_COLUMNS
                        if c not in ("id", "annotation", "width", "height", "cell_type"))
@@ -480,7 +480,7 @@ def root_to_coco(root: str | os.PathLike, *, compressed: bool = True,
     competition's other columns (``sample_id``, ``plate_time``, ...) ride on the image
     entries and come back through :func:`convert_coco` with ``from_category=True``.
     """
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
 
     data = TrainData(root)
     wanted = list(data.ids) if ids is None else list(ids)

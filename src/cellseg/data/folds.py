@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg import fileio
-from cellseg.data.dataset import DataError, check_ids
+from cellseg.data.data_root import DataError, check_ids
 
 FOLDS_FILENAME = "folds.csv"
 

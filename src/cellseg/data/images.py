@@ -5,7 +5,7 @@ integer or float, grey, RGB(A) or several channels / planes. One reader serves b
 ``segment.py`` (own images, kept in their own dtype) and the converters that write the
 competition's 8-bit PNGs (``convert_coco.py``, ``pseudo_label.py``: :func:`read_image_uint8`),
 so an image is read the same way whichever command sees it. The competition's own PNGs are read
-by :func:`cellseg.data.dataset.read_image`, which also checks them against ``train.csv``.
+by :func:`cellseg.data.data_root.read_image`, which also checks them against ``train.csv``.
 
 Every reader goes through :func:`decode_file` (bytes first, then decode): ``cv2.imread`` takes
 the name as text and crashes the process on a file name that is not valid UTF-8.

@@ -3,14 +3,14 @@
 Why: DeepImageJ, TF Serving and ONNX runtimes (QuPath extensions, C++ / C# / JavaScript
 apps) cannot load ``best.keras`` with this project's custom layers. The export is *one*
 network: the fold ensemble's probability maps, averaged over folds exactly as
-:func:`cellseg.infer.maps.predict_images` does (head mode from the infer config; no TTA, which is
+:func:`cellseg.model.predict.predict_images` does (head mode from the infer config; no TTA, which is
 a way of calling a network, not part of it), with the reflect padding to a multiple of
 ``2**depth`` and the crop back inside the graph, so any image size works.
 
 Contract of both files (also in ``export.json`` and the ``README.md`` written beside them):
 
 * input ``image``: float32 ``(N, H, W, 1)``, each image standardised over the whole image
-  (``(x - mean) / std``; :func:`cellseg.infer.maps.normalize_image`);
+  (``(x - mean) / std``; :func:`cellseg.model.predict.normalize_image`);
 * output ``probs``: float32 ``(N, H, W, 2)``: channel 0 cell body, channel 1 touching border;
   ``cell_type`` ``(N, 3)`` (shsy5y, astro, cort) when the network has that head;
 * instances: :func:`cellseg.postprocess.decode.decode_instances` with the per-type parameters in
@@ -35,7 +35,7 @@ import numpy as np
 from cellseg import fileio
 from cellseg.exceptions import ExportError
 from cellseg.experiment import CLASSIFIER_FILE, POSTPROCESS_FILE
-from cellseg.model.readout import parse_heads, seg_name, seg_names
+from cellseg.readout import parse_heads, seg_name, seg_names
 
 TOLERANCE = 1e-4
 SAVED_MODEL_DIR = "saved_model"
@@ -45,7 +45,7 @@ INPUT_NAME = "image"
 
 
 def _runners(models: Sequence[Any], heads: str) -> tuple[list[Any], str]:
-    from cellseg.infer.maps import pruned
+    from cellseg.model.predict import pruned
 
     mode, level = parse_heads(heads)
     if mode == "prune":
@@ -161,7 +161,7 @@ def test_image(shape: tuple[int, int] = (520, 704), seed: int = 0) -> np.ndarray
     """A normalised synthetic image ``(1, H, W, 1)`` (no real pixels leave the data root);
     the default size is not a multiple of 32, so the padding inside the graph is checked."""
     from cellseg.data.synthetic import make_image
-    from cellseg.infer.maps import normalize_image
+    from cellseg.model.predict import normalize_image
 
     img, _ = make_image("shsy5y", np.random.default_rng(seed), shape[0], shape[1])
     return normalize_image(img)[None, ..., None]
@@ -263,7 +263,7 @@ def _write_export(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: Path, onnx: 
                   test_shape: tuple[int, int], log) -> dict[str, Any]:
     """Every file of the export into ``out_dir``; returns ``export.json``'s content."""
     from cellseg.constants import CELL_TYPES
-    from cellseg.infer.maps import predict_images
+    from cellseg.model.predict import predict_images
     from cellseg.infer.segment_images import SegmentError, model_multiple, reference_diameter
 
     multiple = model_multiple(ens.models, at_least=1)  # as predict_images pads

@@ -4,7 +4,7 @@ Why a package: the competition's kernel runs with the internet off, so everythin
 needs must already be on Kaggle as a dataset: the library source, the experiment's fold models
 with the config each was trained with, the tuned ``postprocess.yaml`` and, when the Kaggle
 image lacks a required version, wheels. ``kernels/infer/infer_kernel.py`` puts the packaged
-``cellseg/`` on ``sys.path`` and calls the same :func:`cellseg.infer.test_set.run_inference` as
+``cellseg/`` on ``sys.path`` and calls the same :func:`cellseg.infer.inference.run_inference` as
 ``src/infer.py``, so the kernel and a local run give the same submission for the same models.
 
 Layout of a package folder (upload it with ``kaggle datasets create -p DIR --dir-mode zip``;
@@ -55,7 +55,8 @@ from cellseg.experiment import (
     fold_dir_name,
     resolve_config,
 )
-from cellseg.infer.ensemble import load_classifiers, load_models
+from cellseg.infer.ensemble import load_classifiers
+from cellseg.model.predict import load_models
 from cellseg.tune.tuned_params import load_params
 
 CODE_DIR = "cellseg"

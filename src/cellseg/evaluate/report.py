@@ -8,7 +8,7 @@ order of the paper's figures, so that a run can be shown without a notebook:
 1. **Data** (paper figures 6-7): images and cells per cell type, cells-per-image histograms
    and a per-type statistics table, from ``train.csv``;
 2. **Samples** (figure 8): one or more training images per type with their true masks
-   (:func:`cellseg.evaluate.viz.overlay`: image | outlines | one colour per cell);
+   (:func:`cellseg.viz.overlay`: image | outlines | one colour per cell);
 3. **Training**: each fold's ``curves.png`` and its ``result.json`` (OOF score per type,
    body pixel accuracy / IoU, epochs);
 4. **Post-processing**: default vs tuned OOF score per type (``postprocess.yaml``, and the
@@ -152,7 +152,7 @@ def _data_section(page: _Page, data_dir: Path) -> pd.DataFrame | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cellseg.data.dataset import DataError, read_train_csv
+    from cellseg.data.data_root import DataError, read_train_csv
 
     page.section("Data")
     csv = data_dir / "train.csv"
@@ -194,8 +194,8 @@ def _data_section(page: _Page, data_dir: Path) -> pd.DataFrame | None:
 
 def _samples_section(page: _Page, data_dir: Path, n_samples: int, seed: int) -> None:
     """Figure 8: training images of each type with their true masks."""
-    from cellseg.data.dataset import DataError, TrainData
-    from cellseg.evaluate.viz import save_overlay
+    from cellseg.data.data_root import DataError, TrainData
+    from cellseg.viz import save_overlay
 
     page.section("Samples with true masks")
     try:

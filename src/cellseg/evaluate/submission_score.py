@@ -4,12 +4,12 @@ Why a separate step: the competition's hidden test set gives one number per day;
 our own submission files on held-out annotated images (or the synthetic test set) gives the
 same metric per image, per cell type and per IoU threshold, with pictures of the worst and
 best images to see *why* a score is what it is. The error analysis
-(:mod:`cellseg.evaluate.error_analysis`: misses, false positives, merges, splits, by cell size,
+(:mod:`cellseg.metrics.error_analysis`: misses, false positives, merges, splits, by cell size,
 matched IoU) says which kind of mistake
 costs the score, per cell type; the overlays colour cells by that kind.
 
 Truth annotations overlap in the real data, so truth is kept as per-cell pixel-index lists
-(:attr:`cellseg.data.dataset.Instances.pixels`) and a pixel owned by two true cells counts for both
+(:attr:`cellseg.data.data_root.Instances.pixels`) and a pixel owned by two true cells counts for both
 (docs/design.md section 3). Predictions are checked with the submission rules (valid RLE inside the
 image, no overlapping masks) and turned into label images. A truth image with no prediction
 row scores as an empty prediction (0 when it has cells); a prediction for an id that is not
@@ -29,15 +29,15 @@ import pandas as pd
 
 from cellseg import fileio
 from cellseg.data import rle
-from cellseg.data.dataset import DataError, decode_annotations, read_image, read_train_csv
-from cellseg.evaluate.error_analysis import (
+from cellseg.data.data_root import DataError, decode_annotations, read_image, read_train_csv
+from cellseg.metrics.error_analysis import (
     ErrorRecord,
     error_analysis,
     error_summary,
     error_summary_markdown,
     error_table,
 )
-from cellseg.evaluate.metric import Truth, score_table, summarize
+from cellseg.metrics.score import Truth, score_table, summarize
 from cellseg.infer.submission import SubmissionError, check_table, read_submission
 
 SCORES_FILE = "scores.csv"
@@ -60,10 +60,10 @@ class Evaluation:
         markdown: ``summary`` as a markdown table.
         files: the files written (empty without ``out_dir``).
         errors: one row per truth image: id, cell_type and the error counts
-            (:data:`cellseg.evaluate.error_analysis.TABLE_COLUMNS`).
-        error_summary: :func:`cellseg.evaluate.error_analysis.error_summary` of ``errors``.
+            (:data:`cellseg.metrics.error_analysis.TABLE_COLUMNS`).
+        error_summary: :func:`cellseg.metrics.error_analysis.error_summary` of ``errors``.
         error_markdown: ``error_summary`` as markdown tables.
-        records: the :class:`cellseg.evaluate.error_analysis.ErrorRecord` of every image, by id.
+        records: the :class:`cellseg.metrics.error_analysis.ErrorRecord` of every image, by id.
     """
 
     table: pd.DataFrame
@@ -95,7 +95,7 @@ def labels_from_rles(rles: list[str], shape: tuple[int, int], where: str = "") -
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """A :func:`cellseg.evaluate.metric.summarize` table as markdown (``to_markdown``)."""
+    """A :func:`cellseg.metrics.score.summarize` table as markdown (``to_markdown``)."""
     cols = list(summary.columns)
     rows = [[str(name), *(f"{int(row[c])}" if c == "images" else f"{row[c]:.4f}"
                           for c in cols)] for name, row in summary.iterrows()]
@@ -217,8 +217,8 @@ def evaluate_submission(
 def _write_errors(result: Evaluation, out_dir: Path, sub_name: str, truth_csv: Path,
                   cell_types: dict[str, str]) -> list[Path]:
     """The error-analysis tables and the IoU histogram per cell type."""
-    from cellseg.evaluate.error_analysis import MERGE_COVER, SIZE_LABELS, SPLIT_COVER
-    from cellseg.evaluate.viz import plot_iou_hist
+    from cellseg.metrics.error_analysis import MERGE_COVER, SIZE_LABELS, SPLIT_COVER
+    from cellseg.viz import plot_iou_hist
 
     with fileio.atomic_path(out_dir / ERRORS_FILE) as tmp:
         result.errors.to_csv(tmp, index=False, float_format="%.6f")
@@ -249,7 +249,7 @@ def _write_overlays(table: pd.DataFrame, folder: Path, n: int,
                     truth_of, pred_of, records: dict[str, ErrorRecord]) -> list[Path]:
     """Overlays coloured by error kind of the ``n`` worst images, then the ``n`` best of the
     rest."""
-    from cellseg.evaluate.viz import save_error_overlay
+    from cellseg.viz import save_error_overlay
 
     dirs = ([Path(images_dir)] if images_dir is not None
             else [truth_csv.parent / "test", truth_csv.parent / "train"])

@@ -29,36 +29,7 @@ from cellseg.constants import CELL_TYPES
 from cellseg.exceptions import CellTypeClassifierError, InferenceError
 from cellseg.experiment import CLASSIFIER_FILE, find_fold_models
 from cellseg.model.celltype import CellTypeClassifier, ensemble_proba
-from cellseg.model.readout import check_tta, parse_heads
-
-
-def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
-    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
-
-    Importing :mod:`cellseg.model.network`, :mod:`cellseg.model.losses` and
-    :mod:`cellseg.train.schedules` registers the project's custom layers, losses and
-    schedules. ``compile=False``: inference needs neither the optimizer nor the losses, and
-    skipping them is faster and avoids optimizer warnings.
-    """
-    import keras
-
-    from cellseg.model import losses, network  # noqa: F401  (register custom objects)
-    from cellseg.train import schedules  # noqa: F401
-
-    out = []
-    for path in paths:
-        try:
-            out.append(keras.saving.load_model(path, compile=False))
-        except Exception as exc:  # Keras raises many types for a damaged file
-            if Path(path).is_file():  # Keras says "File not found" for a truncated zip
-                raise InferenceError(
-                    f"{path}: cannot load the model: the file exists but is not a loadable "
-                    f"Keras model (truncated or "
-                    f"damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
-                    f"retrain the fold or restore the file") from None
-            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
-                                 f"{exc})") from None
-    return out
+from cellseg.readout import check_tta, parse_heads
 
 
 def load_classifiers(model_files: Sequence[tuple[int, Path]]) -> list[CellTypeClassifier]:
@@ -153,6 +124,8 @@ class FoldEnsemble:
 
         check_tuned_on(exp_dir, heads, tta, list(model_files))
         t0 = time.perf_counter()
+        from cellseg.model.predict import load_models  # TensorFlow from here on
+
         models = load_models([p for _, p in model_files])
         load_s = time.perf_counter() - t0
         with_head = [m for m in models if CELL_TYPE_OUTPUT in output_names(m)]
@@ -179,7 +152,7 @@ class FoldEnsemble:
         standardised here. The type probabilities come from the whole-image classifiers when
         the experiment has them, else from the network head (``(N, 0)`` without either).
         """
-        from cellseg.infer.maps import normalize_image
+        from cellseg.model.predict import normalize_image
 
         batch = np.stack([normalize_image(r) for r in raw_images])
         probs, type_probs = self.predict_normalized(batch)
@@ -193,7 +166,7 @@ class FoldEnsemble:
         ``(N, H, W)``: ``(probs (N, H, W, C), network-head type probs (N, 3 or 0))``. For
         callers that standardise with other statistics (tiles of a large image use the whole
         image's mean and std)."""
-        from cellseg.infer.maps import predict_images
+        from cellseg.model.predict import predict_images
 
         return predict_images(self.models, batch, heads=self.heads, tta=self.tta,
                               batch_size=batch_size or self.batch_size)

@@ -22,7 +22,7 @@ How an image is processed (choices, and why):
    (``cell_diameter`` is compared with the median cell diameter of the training data,
    :func:`reference_diameter`, computed from the RLE run lengths of ``train.csv``).
 3. **Normalise as training does**: zero mean, unit standard deviation over the *whole*
-   (resized) image (:func:`cellseg.infer.maps.normalize_image`), with the two statistics
+   (resized) image (:func:`cellseg.model.predict.normalize_image`), with the two statistics
    computed once in row blocks and applied per tile, so every tile sees the same mapping.
 4. **Cell type**: the override, else the folds' whole-image classifiers, else the network
    head, computed on the central :data:`TYPE_WINDOW` crop of the resized image: the

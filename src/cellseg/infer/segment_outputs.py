@@ -139,7 +139,7 @@ def overlay_picture(image: np.ndarray, labels: np.ndarray,
                     max_side: int = OVERLAY_MAX_SIDE) -> np.ndarray:
     """RGB picture: image | cells filled in random colours with white outlines, downsampled
     so the long side of a panel is at most ``max_side``."""
-    from cellseg.evaluate.viz import outlines
+    from cellseg.viz import outlines
 
     h, w = image.shape
     f = min(1.0, max_side / max(h, w))

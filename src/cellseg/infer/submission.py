@@ -29,7 +29,7 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import SUBMISSION_COLUMNS
 from cellseg.data import rle
-from cellseg.data.dataset import DataError, list_images
+from cellseg.data.data_root import DataError, list_images
 from cellseg.data.images import image_size
 from cellseg.exceptions import SubmissionError
 

@@ -23,7 +23,7 @@ ROW_BLOCK = 1024  # rows per block when summing image statistics
 
 def image_stats(image: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the whole image in float64, one row block at a time
-    (no full-size float copy), as :func:`cellseg.infer.maps.normalize_image` computes them."""
+    (no full-size float copy), as :func:`cellseg.model.predict.normalize_image` computes them."""
     n = image.size
     total = 0.0
     for r in range(0, image.shape[0], ROW_BLOCK):
@@ -112,7 +112,7 @@ def tile_spans(length: int, tile: int, overlap: int, multiple: int = 32) -> list
 
 def model_multiple(models: Sequence[Any], at_least: int = 32) -> int:
     """The input-size multiple the models need: ``2**depth`` (what
-    :func:`cellseg.infer.maps.predict_images` pads to), but at least ``at_least``."""
+    :func:`cellseg.model.predict.predict_images` pads to), but at least ``at_least``."""
     out = at_least
     try:
         from cellseg.model.network import model_info

@@ -27,7 +27,7 @@ import keras
 from keras import ops
 
 from cellseg.model.network import CELL_TYPE_OUTPUT, model_info, output_names
-from cellseg.model.readout import seg_names
+from cellseg.readout import seg_names
 
 
 class LossWeights(Protocol):

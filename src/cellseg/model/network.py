@@ -42,7 +42,7 @@ from keras import layers, ops
 
 from cellseg.config import ModelConfig
 from cellseg.constants import CELL_TYPES
-from cellseg.model.readout import seg_level, seg_name, seg_names
+from cellseg.readout import seg_level, seg_name, seg_names
 
 INPUT_NAME = "image"
 CELL_TYPE_OUTPUT = "cell_type"
@@ -175,7 +175,7 @@ def build_model(
 
     Returns:
         A functional Keras model. Input ``"image"`` of shape ``(None, None, 1)`` float32
-        (H and W must be multiples of ``2**D``; :func:`cellseg.infer.maps.pad_to_multiple` does
+        (H and W must be multiples of ``2**D``; :func:`cellseg.model.predict.pad_to_multiple` does
         that). Outputs: dict of ``"seg{j}"`` float32 ``(B, H, W, n_targets)`` sigmoid maps
         (``j = 1..D`` with deep supervision, else only ``j = D``) and ``"cell_type"`` float32
         ``(B, n_cell_types)`` softmax when ``cfg.cell_type_head``.

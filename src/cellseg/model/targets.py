@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from cellseg import fileio
-from cellseg.data.dataset import Instances
+from cellseg.data.data_root import Instances
 
 TARGETS_VERSION = 1
 TARGET_CHANNELS = ("body", "border", "centre")

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPE_INDEX
-from cellseg.data.dataset import Instances, TrainData
-from cellseg.infer.maps import normalize_image
+from cellseg.data.data_root import Instances, TrainData
+from cellseg.model.predict import normalize_image
 from cellseg.model.targets import (
     DEFAULT_MAX_RADIUS,
     TargetCache,

@@ -26,11 +26,11 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPE_INDEX, CELL_TYPES
-from cellseg.evaluate.error_analysis import error_counts
-from cellseg.evaluate.metric import match
-from cellseg.evaluate.viz import plot_curves
+from cellseg.metrics.error_analysis import error_counts
+from cellseg.metrics.score import match
+from cellseg.viz import plot_curves
 from cellseg.experiment import BEST_MODEL, CURVES_FILE, HISTORY_FILE, LAST_MODEL, STATE_FILE
-from cellseg.infer.maps import normalize_image, predict_images
+from cellseg.model.predict import normalize_image, predict_images
 from cellseg.model.targets import targets_as_float
 from cellseg.postprocess.decode import decode_with_params
 from cellseg.train.batches import Sample

@@ -33,7 +33,7 @@ import pandas as pd
 
 from cellseg import fileio
 from cellseg.config import Config, save_config
-from cellseg.data.dataset import DataError, TrainData
+from cellseg.data.data_root import DataError, TrainData
 from cellseg.data.folds import FOLDS_FILENAME, load_folds
 from cellseg.exceptions import TrainingError
 from cellseg.experiment import (
@@ -71,7 +71,7 @@ from cellseg.train.monitor import (
     stop_on_ctrl_c,
     validate_images,
 )
-from cellseg.train.schedules import WarmupCosine
+from cellseg.model.schedules import WarmupCosine
 
 
 # --------------------------------------------------------------------------- the run
@@ -85,7 +85,7 @@ def init_from_model(model: keras.Model, path: str | os.PathLike) -> dict[str, An
         TrainingError: the file is missing or not a loadable model, or no layer matches.
     """
     from cellseg.exceptions import InferenceError
-    from cellseg.infer.ensemble import load_models
+    from cellseg.model.predict import load_models
 
     path = Path(path)
     if not path.is_file():

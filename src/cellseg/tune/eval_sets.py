@@ -22,7 +22,7 @@ import numpy as np
 
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
-from cellseg.data.dataset import TrainData
+from cellseg.data.data_root import TrainData
 from cellseg.exceptions import DataError, TuningError
 from cellseg.experiment import fold_dirs, oof_dir
 from cellseg.train import oof

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cellseg.evaluate.metric import match
+from cellseg.metrics.score import match
 from cellseg.exceptions import TuningError
 from cellseg.postprocess.classical import classical_segment
 from cellseg.postprocess.decode import decode_with_params

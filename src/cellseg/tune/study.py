@@ -45,7 +45,7 @@ import yaml
 from cellseg import experiment, fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
-from cellseg.data.dataset import TrainData
+from cellseg.data.data_root import TrainData
 from cellseg.exceptions import TuningError
 from cellseg.experiment import (
     BEST_MODEL,

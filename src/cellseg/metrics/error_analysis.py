@@ -7,7 +7,7 @@ weight, seed threshold, minimum area, ...). So every image gets these counts, wi
 rules that stay comparable across runs:
 
 - **match** (IoU 0.5, strict, the metric's loosest threshold): a maximum one-to-one matching of
-  pairs with IoU > 0.5 (:func:`cellseg.evaluate.metric.matched_pairs`, same TP count as the metric).
+  pairs with IoU > 0.5 (:func:`cellseg.metrics.score.matched_pairs`, same TP count as the metric).
   Matched true cells are TP; unmatched true cells are misses (FN); unmatched predicted cells
   are false positives (FP).
 - **merge**: a predicted cell that holds >= 50 % of the pixels of each of two or more true
@@ -37,7 +37,7 @@ rules that stay comparable across runs:
 
 Truth is a label image or per-cell pixel-index lists (overlapping annotations count shared
 pixels for every cell, as in the metric). Everything is computed from one intersection matrix
-(:func:`cellseg.evaluate.metric.overlap`): ~10 ms for an 800-cell 520x704 image.
+(:func:`cellseg.metrics.score.overlap`): ~10 ms for an 800-cell 520x704 image.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import numpy as np
 import pandas as pd
 
 from cellseg.constants import IOU_THRESHOLDS
-from cellseg.evaluate.metric import MatchResult, Truth, match_candidates, overlap
+from cellseg.metrics.score import MatchResult, Truth, match_candidates, overlap
 
 MATCH_IOU = 0.5
 MERGE_COVER = 0.5  # a true cell is inside a prediction when >= this share of it lies there
@@ -185,7 +185,7 @@ def error_analysis(truth: Truth, pred_labels: np.ndarray, iou_threshold: float =
 
     Args:
         truth: label image (0 = background) or list of flat pixel-index arrays, one per cell
-            (overlaps allowed), as for :func:`cellseg.evaluate.metric.match`.
+            (overlaps allowed), as for :func:`cellseg.metrics.score.match`.
         pred_labels: int label image, 0 = background.
         iou_threshold, merge_cover, split_cover: the rules' constants (module docstring);
             keep the defaults so numbers compare across runs.

@@ -87,7 +87,7 @@ class Overlap:
         true_area, pred_area: cell sizes in pixels (a true cell's full mask, shared pixels
             included).
         true_ids, pred_ids: the label id of each row / column (for list truth, cell k has
-            id k + 1, the :class:`cellseg.data.dataset.Instances` convention).
+            id k + 1, the :class:`cellseg.data.data_root.Instances` convention).
     """
 
     inter: np.ndarray

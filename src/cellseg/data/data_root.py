@@ -16,7 +16,6 @@ a contested pixel for every true cell (docs/design.md section 3).
 from __future__ import annotations
 
 import os
-import re
 import warnings
 from dataclasses import dataclass
 from functools import cached_property
@@ -29,35 +28,7 @@ from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
 from cellseg.data.images import decode_file
 from cellseg.exceptions import DataError
-
-# Image ids become file names (``train/<id>.png``, ``oof/<id>.npz``, overlays, caches), so an
-# id must be one safe file name: no path separator, no ``..``, no hidden file, no option
-# look-alike. The competition's ids are 12 hex characters; ids made from file stems
-# (``cellseg.data.coco.safe_id``) use the same alphabet.
-ID_CHARS = "A-Za-z0-9_.-"
-MAX_ID_LENGTH = 200
-SAFE_ID = re.compile(rf"[A-Za-z0-9_][{ID_CHARS}]{{0,{MAX_ID_LENGTH - 1}}}")
-
-
-def is_safe_id(image_id: object) -> bool:
-    """True if ``image_id`` can be used as a file name inside a data or output folder."""
-    return isinstance(image_id, str) and SAFE_ID.fullmatch(image_id) is not None
-
-
-def check_image_id(image_id: object, where: str = "") -> str:
-    """Return ``image_id`` if it is safe as a file name (:data:`SAFE_ID`), else raise.
-
-    Raises:
-        DataError: naming ``where`` (file and row) and the rule.
-    """
-    if not is_safe_id(image_id):
-        prefix = f"{where}: " if where else ""
-        raise DataError(
-            f"{prefix}image id {image_id!r} is not a safe file name; expected 1-{MAX_ID_LENGTH} "
-            f"characters of [{ID_CHARS}] not starting with '.' or '-' (no path separators)"
-        )
-    return str(image_id)
-
+from cellseg.ids import SAFE_ID, check_image_id
 
 def check_ids(ids: pd.Series, path: str | os.PathLike, line_offset: int = 2) -> None:
     """Check every id of a CSV column once (:func:`check_image_id`), naming the first bad line.

@@ -96,7 +96,7 @@ FILL_ALPHA = 0.5  # cell interiors: (1 - alpha) * image + alpha * colour; outlin
 
 
 def _kind_colours(record, side: str) -> np.ndarray:
-    """RGB colour per cell of one side of an :class:`cellseg.evaluate.error_analysis.ErrorRecord`.
+    """RGB colour per cell of one side of an :class:`cellseg.metrics.error_analysis.ErrorRecord`.
 
     Truth: split > inside a merge > missed > matched. Prediction: merge > piece of a split cell
     > false positive > matched. (The cause wins over the bare miss / false positive.)
@@ -166,9 +166,9 @@ def error_overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, record
     Args:
         image: gray uint8 H x W.
         truth: true label image whose ids are ``record.true_ids`` (for list truth: cell k =
-            k + 1, i.e. :attr:`cellseg.data.dataset.Instances.labels`).
+            k + 1, i.e. :attr:`cellseg.data.data_root.Instances.labels`).
         pred: predicted label image (ids ``record.pred_ids``).
-        record: :func:`cellseg.evaluate.error_analysis.error_analysis` of this truth and prediction.
+        record: :func:`cellseg.metrics.error_analysis.error_analysis` of this truth and prediction.
     """
     gray = cv2.cvtColor(np.asarray(image, np.uint8), cv2.COLOR_GRAY2RGB)
     true_panel = _paint(gray, truth, record.true_ids, _kind_colours(record, "true"))

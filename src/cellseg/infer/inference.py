@@ -4,7 +4,7 @@ One library function, :func:`run_inference`, does the whole job so that ``src/in
 the Kaggle kernel run the same code (the kernel only sets paths). Per test image:
 
 1. read the PNG (size from its header, checked against the decoded pixels) and normalise it;
-2. :func:`cellseg.infer.maps.predict_images` averages every fold model over the TTA variants
+2. :func:`cellseg.model.predict.predict_images` averages every fold model over the TTA variants
    (the variants of an image go through a model in one batch);
 3. the cell type is the argmax of the folds' whole-image cell-type classifiers
    (:mod:`cellseg.model.celltype`; the network's head for older experiments without one) or a user
@@ -32,13 +32,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from cellseg import fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data import rle
-from cellseg.data.dataset import DataError, read_image
+from cellseg.data.data_root import DataError, read_image
 from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import folder_image_shapes, image_rows, write_submission
 from cellseg.train import oof
@@ -160,7 +159,7 @@ def run_inference(
     heads, tta, params = ens.heads, ens.tta, ens.params
     save_overlay = None
     if save_overlays_dir is not None:
-        from cellseg.evaluate.viz import save_overlay
+        from cellseg.viz import save_overlay
     probs_dir = Path(save_probs_dir) if save_probs_dir is not None else None
     overlay_dir = Path(save_overlays_dir) if save_overlays_dir is not None else None
 
@@ -195,9 +194,7 @@ def run_inference(
                     timing["encode"] += time.perf_counter() - t
                     t = time.perf_counter()
                     if probs_dir is not None:
-                        fileio.save_npz(probs_dir / f"{image_id}.npz",
-                                        probs=oof.quantize(probs[k]),
-                                        cell_type_probs=np.asarray(type_probs[k], np.float32))
+                        oof.save_maps(probs_dir / f"{image_id}.npz", probs[k], type_probs[k])
                     if save_overlay is not None:
                         save_overlay(overlay_dir / f"{image_id}.png", raw[k], None, labels)
                     timing["save"] += time.perf_counter() - t

@@ -1,4 +1,4 @@
-"""Error analysis (cellseg.evaluate.error_analysis) and its overlays, on hand-built images
+"""Error analysis (cellseg.metrics.error_analysis) and its overlays, on hand-built images
 with known answers."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellseg.evaluate.error_analysis import (
+from cellseg.metrics.error_analysis import (
     SIZE_BINS,
     TABLE_COLUMNS,
     error_analysis,
@@ -22,8 +22,8 @@ from cellseg.evaluate.error_analysis import (
     error_table,
     size_bin,
 )
-from cellseg.evaluate.metric import match, matched_pairs
-from cellseg.evaluate.viz import (
+from cellseg.metrics.score import match, matched_pairs
+from cellseg.viz import (
     ERROR_COLOURS,
     FILL_ALPHA,
     error_overlay,
@@ -301,7 +301,7 @@ def test_real_sample_truth_against_itself(real_sample):
     """The real image (395 overlapping annotations): its label image against itself is all TP
     and no error of any kind; the full overlapping masks against that label image still match
     every cell (contested pixels lower the IoU, not below 0.5)."""
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
 
     data = TrainData(real_sample)
     inst = data.load_instances(data.ids[0])

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cellseg.evaluate.metric import image_score, iou_matrix, match, overlap, score_table, summarize
+from cellseg.metrics.score import image_score, iou_matrix, match, overlap, score_table, summarize
 
 THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 

@@ -1,4 +1,5 @@
-"""Running trained models on whole images: normalisation, padding, head modes, TTA, ensembles.
+"""Loading trained models and running them on whole images: normalisation, padding, head
+modes, TTA, ensembles.
 
 One function, :func:`predict_images`, is used by validation scoring, out-of-fold prediction,
 tuning and the Kaggle kernel, so every consumer sees the same probabilities.
@@ -16,21 +17,54 @@ tuning and the Kaggle kernel, so every consumer sees the same probabilities.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 
+# losses and schedules are imported for their side effect: they register the project's custom
+# Keras objects, without which a saved model does not load (load_models).
+from cellseg.exceptions import InferenceError
+from cellseg.model import losses, schedules  # noqa: F401
 from cellseg.model.network import CELL_TYPE_OUTPUT, model_info, prune_model
-from cellseg.model.readout import TTA_FLIP_AXES, check_tta, parse_heads, seg_name, seg_names
+from cellseg.readout import TTA_FLIP_AXES, check_tta, parse_heads, seg_name, seg_names
 
 # Pruned sub-models, built once per (model, level). Weak keys: a model that is dropped by
 # its owner frees its pruned views too; this is a memo, not state anyone depends on.
 _PRUNED: weakref.WeakKeyDictionary[keras.Model, dict[int, keras.Model]] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def load_models(paths: Sequence[str | os.PathLike]) -> list[Any]:
+    """Load Keras models in safe mode (untrusted files; docs/design.md section 8).
+
+    The project's custom layers, losses and schedules are registered by importing their
+    modules (this module imports them at the top). ``compile=False``: inference needs neither
+    the optimizer nor the losses, and skipping them is faster and avoids optimizer warnings.
+
+    Raises:
+        InferenceError: a missing or damaged file, named.
+    """
+
+    out = []
+    for path in paths:
+        try:
+            out.append(keras.saving.load_model(path, compile=False))
+        except Exception as exc:  # Keras raises many types for a damaged file
+            if Path(path).is_file():  # Keras says "File not found" for a truncated zip
+                raise InferenceError(
+                    f"{path}: cannot load the model: the file exists but is not a loadable "
+                    f"Keras model (truncated or "
+                    f"damaged: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                    f"retrain the fold or restore the file") from None
+            raise InferenceError(f"{path}: cannot load the model ({type(exc).__name__}: "
+                                 f"{exc})") from None
+    return out
 
 
 def normalize_image(img: np.ndarray) -> np.ndarray:
