@@ -154,11 +154,11 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
     from cellseg.postprocess.decode import decode_with_params
     from cellseg.train import oof
     from cellseg.tune.eval_sets import load_eval_sets
-    from cellseg.tune.tuned_params import load_params
+    from cellseg.postprocess.tuned import params_by_type
 
     data = TrainData(cfg.data.root)
     sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
-    tuned = load_params(exp_dir, cfg)
+    tuned = params_by_type(exp_dir, cfg)
     default = {t: dict(vars(cfg.postprocess)) for t in CELL_TYPES}
     rows, records = [], []
     for cell_type, es in sets.items():

@@ -17,7 +17,7 @@ from cellseg.data.data_root import TrainData, read_train_csv
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-import convert_coco
+from cellseg.commands import convert_coco
 
 REAL_SUBSET = REPO.parent / "shared" / "real_subset"
 

@@ -17,7 +17,7 @@ def exported(tmp_path_factory) -> dict:
     supervision, cell-type head) with fixed random weights, exported through the CLI."""
     import keras
 
-    import export as export_cli
+    from cellseg.commands import export as export_cli
     from cellseg.config import ModelConfig, load_config, save_config
     from cellseg.model.network import build_model
 
@@ -72,7 +72,7 @@ def test_exports_work_at_another_size(exported):
 
 
 def test_export_refuses_a_non_empty_folder(exported, capsys):
-    import export as export_cli
+    from cellseg.commands import export as export_cli
 
     assert export_cli.main(["--config", str(exported["config"]), "--out",
                             str(exported["out"])]) == 2

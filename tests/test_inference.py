@@ -21,7 +21,7 @@ from cellseg.exceptions import InferenceError
 from cellseg.experiment import find_fold_models, resolve_config
 from cellseg.infer.submission import validate_submission
 from cellseg.infer.inference import run_inference
-from cellseg.tune.tuned_params import save_params
+from cellseg.fileio import write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore:.*postprocess.yaml not found:UserWarning")
@@ -82,7 +82,7 @@ def workspace(tmp_path_factory) -> dict:
         save_model(threshold_model(), out / "thresh" / f"fold{fold}",
                    load_config(root / "thresh.yaml"))
     # Tuned parameters for thresh (only cort, so the others fall back to defaults).
-    save_params(out / "thresh", {"method": "deep", "cell_types": {
+    write_yaml(out / "thresh" / "postprocess.yaml", {"method": "deep", "cell_types": {
         "cort": {"params": {"seed_threshold": 0.6, "min_area": 12}}}})
     keras.utils.set_random_seed(3)
     no_head = ModelConfig(widths=[4, 8, 16], cell_type_head=False)

@@ -27,7 +27,7 @@ from cellseg.deploy import kaggle
 from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
 from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import read_submission, validate_submission
-from cellseg.tune.tuned_params import save_params
+from cellseg.fileio import write_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 KERNEL_DIR = REPO / "kernels" / "infer"
@@ -106,7 +106,7 @@ def fake_experiment(output: Path, name: str = "exp", folds=(0, 1), postprocess: 
             (fold / "result.json").write_text("{}")
         (fold / "cell_type_classifier.json").write_text(_classifier_text(k))
     if postprocess:
-        save_params(exp, {"method": "deep", "cell_types": {
+        write_yaml(exp / "postprocess.yaml", {"method": "deep", "cell_types": {
             "cort": {"params": {"seed_threshold": 0.6}}}})
     return exp
 
@@ -169,8 +169,8 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
                             code_dir=code, dataset_id="someone/cellseg-exp")
     assert summary.folds == [0, 1] and summary.has_postprocess and summary.n_wheels == 0
     assert (out / "cellseg" / "__init__.py").is_file()
-    assert (out / "cellseg" / "infer" / "test_set.py").read_bytes() == \
-        (REPO / "src" / "cellseg" / "infer" / "test_set.py").read_bytes()
+    assert (out / "cellseg" / "infer" / "inference.py").read_bytes() == \
+        (REPO / "src" / "cellseg" / "infer" / "inference.py").read_bytes()
     assert not list(out.rglob("__pycache__")) and not list(out.rglob("*.pyc"))
     assert (out / "configs" / "default.yaml").is_file()
     for k in (0, 1):
@@ -411,7 +411,7 @@ def trained(tmp_path_factory) -> dict:
     keras.utils.set_random_seed(7)
     save_model(build_model(TINY, name="rand"), exp / "fold0", cfg)
     save_model(threshold_model(cell_type_index=0), exp / "fold1", cfg)
-    save_params(exp, {"method": "deep", "cell_types": {
+    write_yaml(exp / "postprocess.yaml", {"method": "deep", "cell_types": {
         "shsy5y": {"params": {"seed_threshold": 0.55, "mask_threshold": 0.35, "min_area": 8}}}})
     return {"root": root, "data": data, "config": config, "exp": exp}
 

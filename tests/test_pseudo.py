@@ -22,7 +22,7 @@ from cellseg.postprocess.decode import decode_with_params
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-import pseudo_label
+from cellseg.commands import pseudo_label
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*postprocess.yaml not found:UserWarning"),
               pytest.mark.filterwarnings("ignore:.*no tuned parameters for:UserWarning")]
@@ -208,7 +208,7 @@ def threshold_model(cell_type_index: int = 2):
 @pytest.mark.slow
 def test_cli_end_to_end_with_fold_ensemble(tmp_path, capsys):
     from cellseg.config import load_config, save_config
-    from cellseg.tune.tuned_params import save_params
+    from cellseg.postprocess.tuned import TunedCellType, TunedPostprocess
 
     out_dir = tmp_path / "output"
     cfg_path = tmp_path / "thresh.yaml"
@@ -223,8 +223,9 @@ def test_cli_end_to_end_with_fold_ensemble(tmp_path, capsys):
         threshold_model().save(fold_dir / "best.keras")
         save_config(cfg, fold_dir / "config.yaml")
         (fold_dir / "result.json").write_text("{}")
-    save_params(out_dir / "thresh", {"method": "deep", "cell_types": {
-        "cort": {"params": {"seed_threshold": 0.6, "min_area": 12}}}})
+    TunedPostprocess(cell_types={"cort": TunedCellType(
+        params={"seed_threshold": 0.6, "min_area": 12})}).write(
+            out_dir / "thresh" / "postprocess.yaml")
     images = tmp_path / "unlabelled"
     images.mkdir()
     # Bright disks (kept) and one dim disk whose body probability stays below 0.9.

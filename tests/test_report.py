@@ -116,7 +116,7 @@ def test_default_data_dir_comes_from_saved_config(tmp_path: Path) -> None:
 
 
 def test_cli_writes_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import report as report_cli
+    from cellseg.commands import report as report_cli
 
     root = make_tiny_root(tmp_path / "data", n_images=9, shape=(64, 96), n_test=1)
     rc = report_cli.main(["--exp", "cli", "--data-dir", str(root), "--output-dir",

@@ -104,7 +104,7 @@ def ensemble(exp):
 
 
 def run_cli(exp: dict, *args: str) -> int:
-    import segment
+    from cellseg.commands import segment
 
     return segment.main([*args, "--config", str(exp["config"]), "--no-progress"])
 
@@ -131,7 +131,7 @@ def test_inputs_names_and_shards(tmp_path):
     files = seg.collect_inputs([tmp_path / "a", str(tmp_path / "b" / "*.tif"),
                                 tmp_path / "a" / "z.tiff"])
     assert [p.name for p in files] == ["x.png", "y.jpg", "y.png", "z.tiff", "x.tif"]
-    names = seg.output_names(files)
+    names = seg.unique_output_stems(files)
     assert sorted(names.values()) == ["a__x", "a__y_jpg", "a__y_png", "b__x", "z"]
     parts = [seg.shard(files, k, 3) for k in range(3)]
     assert sorted(p for part in parts for p in part) == sorted(files)  # cover

@@ -194,7 +194,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import make_synthetic
+    from cellseg.commands import make_synthetic
 
     out = tmp_path / "cli"
     args = ["--out", str(out), "--n-train", "3", "--n-test", "1", "--height", "64",

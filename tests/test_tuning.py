@@ -31,7 +31,8 @@ from cellseg.exceptions import TuningError
 from cellseg.model.targets import make_targets
 from cellseg.postprocess.search_space import CLASSICAL_SEARCH_SPACE, DEEP_SEARCH_SPACE
 from cellseg.train import oof
-from cellseg.tune import tuned_params
+from cellseg.postprocess import tuned
+from cellseg.postprocess.decode import DEEP_DEFAULTS
 from cellseg.tune.eval_sets import load_eval_sets
 from cellseg.tune.scoring import Evaluator
 from cellseg.tune.storage import default_storage, describe_storage, make_storage, study_name
@@ -100,7 +101,7 @@ def test_tuning_beats_defaults_for_every_type(cfg):
     good = {**{k: getattr(cfg.postprocess, k) for k in DEEP_SEARCH_SPACE},
             "mask_threshold": 0.5, "seed_threshold": 0.7}
     with Evaluator(sets, n_jobs=1) as ev:
-        defaults = tuned_params.defaults(cfg)
+        defaults = tuned.TunedPostprocess().params_by_type(cfg.postprocess)
         good_scores = {t: ev.score(t, {**defaults[t], **good}) for t in CELL_TYPES}
     for cell_type, entry in doc["cell_types"].items():
         assert entry["n_images"] == 3 and entry["n_trials"] == 10
@@ -110,7 +111,7 @@ def test_tuning_beats_defaults_for_every_type(cfg):
         assert entry["held_out_score"] is not None
         assert entry["held_out_score"] <= entry["oof_score"] + 1e-9
         assert entry["oof_fingerprint"] == sets[cell_type].fingerprint()
-        assert set(entry["params"]) == set(DEEP_SEARCH_SPACE)
+        assert set(DEEP_SEARCH_SPACE) <= set(entry["params"]) == set(DEEP_DEFAULTS)
         # The defaults are trial 0 of each study.
         first = _study(cfg, cell_type).trials[0]
         assert first.params == {k: getattr(cfg.postprocess, k) for k in DEEP_SEARCH_SPACE}
@@ -119,7 +120,7 @@ def test_tuning_beats_defaults_for_every_type(cfg):
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-importances.png").is_file()
     assert doc["heads"] is None or isinstance(doc["heads"], str)
     # What inference reads back, re-scored serially and in two processes, gives the saved score.
-    params = tuned_params.load_params(cfg.experiment_dir(), cfg)
+    params = tuned.params_by_type(cfg.experiment_dir(), cfg)
     with Evaluator(sets, n_jobs=1) as serial, Evaluator(sets, n_jobs=2) as pooled:
         for cell_type in CELL_TYPES:
             scores = serial.image_scores(cell_type, params[cell_type])
@@ -211,7 +212,7 @@ def test_two_workers_share_one_study(cfg, tmp_path, kind):
 
 
 def test_missing_oof_is_a_clear_error(cfg, tmp_path, capsys, monkeypatch):
-    import tune
+    from cellseg.commands import tune
 
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     shutil.rmtree(tmp_path / "out")
@@ -267,7 +268,7 @@ def test_storage_specs(tmp_path):
 
 
 def test_cli_uses_the_experiments_saved_config(cfg, tmp_path, monkeypatch):
-    import tune
+    from cellseg.commands import tune
     from cellseg.config import save_config
 
     saved = load_config(None, [f"name={EXP}", f"output_dir={tmp_path / 'out'}",
@@ -284,7 +285,7 @@ def test_cli_uses_the_experiments_saved_config(cfg, tmp_path, monkeypatch):
 
 def test_cli_keeps_the_experiments_data_root_with_an_explicit_config(tmp_path, monkeypatch):
     """train --config C --data-dir X, then tune --config C: tunes on X, not on C's root."""
-    import tune
+    from cellseg.commands import tune
     from cellseg.config import save_config
 
     out = tmp_path / "out"
@@ -308,16 +309,16 @@ def test_infer_warns_when_tuned_for_other_heads_tta_or_models(tmp_path):
     model.parent.mkdir()
     model.write_bytes(b"model one")
     doc = {"method": "deep", "folds": [0], "heads": "mean", "tta": ["identity", "hflip"],
-           "models": {0: tuned_params.model_digest(model)}, "cell_types": {}}
+           "models": {0: tuned.model_digest(model)}, "cell_types": {}}
     (tmp_path / "postprocess.yaml").write_text(yaml.safe_dump(doc))
     files = [(0, model)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert tuned_params.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files) == []
+        assert tuned.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files) == []
     with pytest.warns(UserWarning, match="heads 'mean' when tuned, 'last' now"):
-        tuned_params.check_tuned_on(tmp_path, "last", ["identity", "hflip"], files)
+        tuned.check_tuned_on(tmp_path, "last", ["identity", "hflip"], files)
     with pytest.warns(UserWarning, match="TTA"):
-        tuned_params.check_tuned_on(tmp_path, "mean", ["identity"], files)
+        tuned.check_tuned_on(tmp_path, "mean", ["identity"], files)
     model.write_bytes(b"model two (retrained)")
     with pytest.warns(UserWarning, match=r"fold model\(s\) \[0\] retrained since tuning"):
-        tuned_params.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files)
+        tuned.check_tuned_on(tmp_path, "mean", ["identity", "hflip"], files)

@@ -3,7 +3,7 @@
 A thin caller. It finds the dataset built by ``python src/package.py`` under
 ``/kaggle/input/<dataset>/`` (the folder holding ``cellseg/__init__.py``), installs the
 package's wheels offline if it has any, puts the packaged ``cellseg`` first on ``sys.path`` and
-runs the same ``cellseg.infer.test_set.run_inference`` as ``src/infer.py`` on
+runs the same ``cellseg.infer.inference.run_inference`` as ``src/infer.py`` on
 ``/kaggle/input/sartorius-cell-instance-segmentation/test/``, writing
 ``/kaggle/working/submission.csv``. No inference logic lives here, so a local
 ``python src/infer.py`` with the same models gives the same rows.
@@ -218,9 +218,9 @@ def main() -> int:
         return 2
 
     from cellseg.config import ConfigError
-    from cellseg.data.dataset import DataError
+    from cellseg.data.data_root import DataError
     from cellseg.deploy.kaggle import resolve_packaged_config, verify_package
-    from cellseg.infer.test_set import run_inference
+    from cellseg.infer.inference import run_inference
 
     overrides = [s.strip() for s in os.environ.get("CELLSEG_SET", "").split(";") if s.strip()]
     try:

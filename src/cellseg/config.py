@@ -105,7 +105,10 @@ class TrainConfig:
 
 @dataclass
 class PostprocessParams:
-    """Semantic-to-instance decoding knobs (DSB 2018 winners' defaults)."""
+    """Semantic-to-instance decoding knobs (DSB 2018 winners' defaults): the one place each
+    default stands. :func:`cellseg.postprocess.decode.decode_instances` documents each knob
+    and takes its defaults from here; ``tune.py`` tunes them per cell type
+    (:mod:`cellseg.postprocess.tuned`)."""
 
     seed_threshold: float = 0.5
     mask_threshold: float = 0.3
@@ -113,6 +116,10 @@ class PostprocessParams:
     min_area: int = 10
     keep_unseeded: bool = True  # a mask region with no seed becomes its own instance
     fill_holes: bool = True
+    compactness: float = 0.0  # 0 = classic watershed
+    connectivity: int = 1  # 1 = 4-neighbour, 2 = 8-neighbour
+    smooth_sigma: float = 0.0  # Gaussian on the maps before thresholding; 0 = off
+    split_height: float = 0.0  # h-maxima split of seeds at necks; 0 = off
 
 
 @dataclass
@@ -365,6 +372,27 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"{name}: got {value}; expected <= {high}")
 
 
+def check_model_config(m: ModelConfig, n_cell_types: int = len(CELL_TYPES)) -> None:
+    """The architecture's own rules, checked once for the whole config (:func:`check_config`)
+    and again by :func:`cellseg.model.network.build_model` for a model section built alone.
+
+    Raises:
+        ConfigError: naming the field.
+    """
+    if len(m.widths) < 2:
+        raise ConfigError(f"model.widths: need at least 2 levels, got {m.widths}")
+    if any(int(w) < 1 for w in m.widths):
+        raise ConfigError(f"model.widths: all widths must be positive, got {m.widths}")
+    if m.norm not in ("batch", "none"):
+        raise ConfigError(f"model.norm: expected 'batch' or 'none', got {m.norm!r}")
+    if m.n_targets < 1:
+        raise ConfigError(f"model.n_targets must be >= 1, got {m.n_targets}")
+    if not 0.0 <= m.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
+    if m.cell_type_head and n_cell_types < 2:
+        raise ConfigError(f"n_cell_types must be >= 2 for a cell-type head, got {n_cell_types}")
+
+
 def check_config(cfg: Config) -> None:
     """Semantic checks that types alone cannot express; errors name the key."""
     _check_ranges(cfg)
@@ -377,12 +405,7 @@ def check_config(cfg: Config) -> None:
     for entry in cfg.data.extra:
         parse_extra(entry)
     m = cfg.model
-    if len(m.widths) < 2:
-        raise ConfigError(f"model.widths: need at least 2 levels, got {m.widths}")
-    if any(w < 1 for w in m.widths):
-        raise ConfigError(f"model.widths: all widths must be positive, got {m.widths}")
-    if m.norm not in ("batch", "none"):
-        raise ConfigError(f"model.norm: expected 'batch' or 'none', got {m.norm!r}")
+    check_model_config(m)
     depth = len(m.widths) - 1
     if cfg.augment.crop_size % (2**depth):
         raise ConfigError(
@@ -432,6 +455,7 @@ __all__ = [
     "InferConfig",
     "ModelConfig",
     "PostprocessParams",
+    "check_model_config",
     "TrainConfig",
     "TuneConfig",
     "config_from_dict",

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+#: The network's input name (Keras, SavedModel and ONNX signatures).
+INPUT_NAME = "image"
 SEG_PREFIX = "seg"
 _SEG_RE = re.compile(rf"^{SEG_PREFIX}(\d+)$")
 

@@ -16,11 +16,9 @@ import os
 import sys
 from pathlib import Path
 
-
 from cellseg.cli import DEFAULT_CONFIG, USER_ERRORS, int_list, print_error, resolve_experiment
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 
 class _Parser(argparse.ArgumentParser):

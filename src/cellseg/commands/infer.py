@@ -1,21 +1,22 @@
 """Predict the test images and write ``submission.csv``: ``python src/infer.py``.
 
 Ensembles every trained fold of the experiment (``output/<exp>/fold<K>/best.keras``) with
-test-time augmentation, picks each image's cell type from the network's head, decodes
+test-time augmentation, picks each image's cell type with the whole-image classifiers saved
+beside the fold models (the network's head only for experiments without them), decodes
 instances with that type's tuned parameters (``output/<exp>/postprocess.yaml``) and writes a
 validated submission atomically. All the logic lives in ``cellseg.infer.inference.run_inference``
 (the Kaggle kernel calls it too); this script only parses options.
 
 Config: when the experiment has a saved training config (``fold0/config.yaml``) it is the base
 (model, default post-processing, data root, infer settings); an explicit ``--config`` replaces
-its ``data`` and ``infer`` sections; ``--set`` and the options below override last.
+its ``infer`` and ``tune`` sections, never its ``data`` (use ``--set data.root=...``);
+``--set`` and the options below override last (cellseg.experiment.resolve_config).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-
 
 from cellseg.cli import (
     DEFAULT_CONFIG,
@@ -28,7 +29,6 @@ from cellseg.cli import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -6,7 +6,6 @@ import argparse
 import warnings
 from pathlib import Path
 
-
 from cellseg.cli import USER_ERRORS, print_error
 from cellseg.constants import DEFAULT_DATA_DIR
 from cellseg.data.data_root import DataError, TrainData

@@ -13,7 +13,6 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from cellseg.data.synthetic import make_dataset
 
 

@@ -19,7 +19,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 from cellseg.cli import (
     DEFAULT_CONFIG,
     REPO,
@@ -30,7 +29,6 @@ from cellseg.cli import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

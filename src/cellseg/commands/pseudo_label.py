@@ -26,7 +26,6 @@ import os
 import sys
 from pathlib import Path
 
-
 from cellseg import fileio
 from cellseg.cli import (
     DEFAULT_CONFIG,
@@ -75,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg.data.coco import check_root_out
-    from cellseg.infer.pseudo_labels import PseudoLabelError, list_images, pseudo_label
+    from cellseg.infer.pseudo_labels import PseudoLabelError, images_with_ids, pseudo_label
 
     raw_argv = list(sys.argv if argv is None else ["src/pseudo_label.py", *argv])
     bars: list = []
@@ -85,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             if not 0.0 <= value <= 1.0:
                 raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
         # cheap: fail on a bad folder or --out before TensorFlow starts
-        list_images(args.images)
+        images_with_ids(args.images)
         check_root_out(args.out, args.overwrite, protect=(args.images,),
                        error=PseudoLabelError)
         cfg, exp_dir, saved = resolve_experiment(args, folds=args.folds, announce=False)

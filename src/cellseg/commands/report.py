@@ -15,7 +15,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 from cellseg.cli import USER_ERRORS, print_error
 
 os.environ.setdefault("MPLBACKEND", "Agg")

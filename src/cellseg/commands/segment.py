@@ -24,7 +24,6 @@ import argparse
 import os
 import sys
 
-
 from cellseg import fileio
 from cellseg.cli import (
     DEFAULT_CONFIG,
@@ -36,7 +35,6 @@ from cellseg.cli import (
 )
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
         _check_options(args)
         files = seg.collect_inputs(args.inputs, recursive=args.recursive)
         out = seg.check_out_dir(args.out, args.inputs, files, recursive=args.recursive)
-        names = seg.output_names(files)
+        names = seg.unique_output_stems(files)
         summary_name = "segment_summary.csv"
         if args.shard:
             k, n = seg.parse_shard(args.shard)

@@ -33,7 +33,6 @@ import sys
 import warnings
 from pathlib import Path
 
-
 from cellseg.cli import (
     DEFAULT_CONFIG,
     USER_ERRORS,
@@ -46,7 +45,6 @@ from cellseg.cli import (
 )
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-
 
 
 def _positive_int(text: str) -> int:
@@ -128,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from cellseg.exceptions import ConfigError
     from cellseg.tune.study import run_tuning
-    from cellseg.tune.summary import format_table
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -154,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
               "again to continue", file=sys.stderr)
         return 130
     print()
-    print(format_table(report.results))
+    print(report.table())
     print(f"\nwrote {report.output_path} (studies in {report.storage})")
     plots = [p for r in report.results for p in r.plots]
     if plots:

@@ -43,14 +43,14 @@ from cellseg.data.coco_masks import (
     indices_to_rle,
     segmentation_indices,
 )
-from cellseg.ids import ID_CHARS, MAX_ID_LENGTH, check_image_id
+from cellseg.data.data_root import SOURCE_FILE
 from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError
+from cellseg.ids import ID_CHARS, MAX_ID_LENGTH, check_image_id
 
 # LIVECell's cell line in a file name such as ``SHSY5Y_Phase_A10_1_00d04h00m_1.tif``.
 DEFAULT_LINE_MAP: dict[str, str] = {"SHSY5Y": "shsy5y", "SH-SY5Y": "shsy5y"}
-SOURCE_FILE = "source.json"
-# The complement of the id alphabet that cellseg.data.data_root checks when any CSV is read.
+# The complement of the id alphabet that cellseg.ids checks when any CSV is read.
 _SAFE_ID = re.compile(f"[^{ID_CHARS}]")
 _EXTRA_COLUMNS = tuple(c for c in TRAIN_COLUMNS
                        if c not in ("id", "annotation", "width", "height", "cell_type"))
@@ -241,6 +241,62 @@ def check_root_out(out: Path, overwrite: bool, protect: Sequence[Path] = (),
                     f"data root there")
 
 
+def _index_annotations(doc: Mapping[str, Any], annotations: Path, keep_crowd: bool
+                       ) -> tuple[dict[str, dict[str, Any]], dict[str, list[dict[str, Any]]],
+                                  int]:
+    """``(image entries by id, annotations by image id, crowd annotations dropped)``;
+    CocoError naming the json for a duplicate image or annotation id, or an annotation of
+    an unknown image."""
+    entries: dict[str, dict[str, Any]] = {}
+    for entry in doc["images"]:
+        key = _key(entry["id"])
+        if key in entries:
+            raise CocoError(f"{annotations}: image id {entry['id']!r} appears twice")
+        entries[key] = entry
+    per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in entries}
+    seen_ann: set[str] = set()
+    n_crowd = 0
+    for ann in doc["annotations"]:
+        akey = _key(ann["id"])
+        if akey in seen_ann:
+            raise CocoError(f"{annotations}: annotation id {ann['id']!r} appears twice")
+        seen_ann.add(akey)
+        ikey = _key(ann["image_id"])
+        if ikey not in entries:
+            raise CocoError(f"{annotations}: annotation id {ann['id']!r} refers to unknown "
+                            f"image_id {ann['image_id']!r}")
+        if ann.get("iscrowd") and not keep_crowd:
+            n_crowd += 1
+            continue
+        per_image[ikey].append(ann)
+    return entries, per_image, n_crowd
+
+
+def _type_from_coco(entry: Mapping[str, Any], anns: list[dict[str, Any]], from_filename: bool,
+                    cats: Mapping[str, str], lookup: Callable[[str], str | None], where: str,
+                    annotations: Path) -> tuple[str | None, str]:
+    """``(cell type or None when unmapped, the cell line or category name it came from)``
+    of one image, from its file name's cell line or its annotations' one category.
+
+    Raises:
+        CocoError: an unknown ``category_id``, or categories of more than one type.
+    """
+    if from_filename:
+        line = cell_line(entry["file_name"])
+        return lookup(line), line
+    for a in anns:
+        if _key(a.get("category_id")) not in cats:
+            raise CocoError(f"{annotations}: annotation id {a['id']!r} ({where}) has "
+                            f"category_id {a.get('category_id')!r}, which is not in "
+                            f"'categories' (ids {sorted(cats)}); expected one of them")
+    names = {cats[_key(a.get("category_id"))] for a in anns}
+    kinds = {lookup(n) for n in names}
+    if len(kinds) != 1:
+        raise CocoError(f"{where}: its annotations have categories {sorted(names)}, "
+                        f"which map to {len(kinds)} cell types; expected one per image")
+    return kinds.pop(), sorted(names)[0]
+
+
 def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
                  out: str | os.PathLike, *, cell_type: str | None = None,
                  from_filename: bool = False, from_category: bool = False,
@@ -288,29 +344,8 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
         return mapping.get(name.upper()) or (name.lower() if name.lower() in CELL_TYPES
                                              else None)
 
-    # Index images and annotations; every id check happens before anything is written.
-    entries: dict[str, dict[str, Any]] = {}
-    for entry in doc["images"]:
-        key = _key(entry["id"])
-        if key in entries:
-            raise CocoError(f"{annotations}: image id {entry['id']!r} appears twice")
-        entries[key] = entry
-    per_image: dict[str, list[dict[str, Any]]] = {k: [] for k in entries}
-    seen_ann: set[str] = set()
-    n_crowd = 0
-    for ann in doc["annotations"]:
-        akey = _key(ann["id"])
-        if akey in seen_ann:
-            raise CocoError(f"{annotations}: annotation id {ann['id']!r} appears twice")
-        seen_ann.add(akey)
-        ikey = _key(ann["image_id"])
-        if ikey not in entries:
-            raise CocoError(f"{annotations}: annotation id {ann['id']!r} refers to unknown "
-                            f"image_id {ann['image_id']!r}")
-        if ann.get("iscrowd") and not keep_crowd:
-            n_crowd += 1
-            continue
-        per_image[ikey].append(ann)
+    # Every id check happens before anything is written.
+    entries, per_image, n_crowd = _index_annotations(doc, annotations, keep_crowd)
 
     by_rel, by_name = _index_images(images_dir)
     plan: list[tuple[str, dict[str, Any], Path, str, str]] = []
@@ -328,25 +363,10 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
             continue
         if cell_type is not None:
             kind: str | None = cell_type
-        elif from_filename:
-            line = cell_line(entry["file_name"])
-            kind = lookup(line)
-            if kind is None:
-                unmapped[line] = unmapped.get(line, 0) + 1
         else:
-            for a in anns:
-                if _key(a.get("category_id")) not in cats:
-                    raise CocoError(f"{annotations}: annotation id {a['id']!r} ({where}) has "
-                                    f"category_id {a.get('category_id')!r}, which is not in "
-                                    f"'categories' (ids {sorted(cats)}); expected one of them")
-            names = {cats[_key(a.get("category_id"))] for a in anns}
-            kinds = {lookup(n) for n in names}
-            if len(kinds) != 1:
-                raise CocoError(f"{where}: its annotations have categories {sorted(names)}, "
-                                f"which map to {len(kinds)} cell types; expected one per image")
-            kind = kinds.pop()
+            kind, name = _type_from_coco(entry, anns, from_filename, cats, lookup, where,
+                                         annotations)
             if kind is None:
-                name = names.pop()
                 unmapped[name] = unmapped.get(name, 0) + 1
         if kind is None:
             counts["skipped_images_unmapped_type"] += 1
@@ -488,7 +508,7 @@ def root_to_coco(root: str | os.PathLike, *, compressed: bool = True,
     images, anns = [], []
     table = data.table
     for n, image_id in enumerate(wanted, start=1):
-        rows = table.iloc[data._check_id(image_id)]
+        rows = table.iloc[data.rows(image_id)]
         height, width = data.shape(image_id)
         first = rows.iloc[0]
         entry = {"id": n, "file_name": f"{image_id}.png", "width": width, "height": height}

@@ -30,6 +30,10 @@ from cellseg.data.images import decode_file
 from cellseg.exceptions import DataError
 from cellseg.ids import SAFE_ID, check_image_id
 
+#: What a derived data root was made from (``convert_coco.py``, ``pseudo_label.py``).
+SOURCE_FILE = "source.json"
+
+
 def check_ids(ids: pd.Series, path: str | os.PathLike, line_offset: int = 2) -> None:
     """Check every id of a CSV column once (:func:`check_image_id`), naming the first bad line.
 
@@ -219,7 +223,7 @@ def read_image(path: str | os.PathLike, expected_shape: tuple[int, int] | None =
     return image
 
 
-def list_images(folder: str | os.PathLike) -> list[str]:
+def list_png_ids(folder: str | os.PathLike) -> list[str]:
     """Sorted image ids (file stems) of the PNGs in ``folder``."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -255,18 +259,19 @@ class TrainData:
             out["sample_id"] = first["sample_id"].astype(str).to_numpy()
         return out.reset_index(drop=True)
 
-    def _check_id(self, image_id: str) -> np.ndarray:
+    def rows(self, image_id: str) -> np.ndarray:
+        """The table rows (cells) of ``image_id``; DataError naming the CSV when it has none."""
         try:
             return self._rows[image_id]
         except KeyError:
             raise DataError(f"{self.csv_path}: no rows for image id {image_id!r}") from None
 
     def shape(self, image_id: str) -> tuple[int, int]:
-        row = self.table.iloc[self._check_id(image_id)[0]]
+        row = self.table.iloc[self.rows(image_id)[0]]
         return int(row["height"]), int(row["width"])
 
     def cell_type(self, image_id: str) -> str:
-        return str(self.table["cell_type"].iloc[self._check_id(image_id)[0]])
+        return str(self.table["cell_type"].iloc[self.rows(image_id)[0]])
 
     def image_path(self, image_id: str) -> Path:
         return self.image_dir / f"{image_id}.png"
@@ -275,7 +280,7 @@ class TrainData:
         return read_image(self.image_path(image_id), self.shape(image_id))
 
     def load_instances(self, image_id: str) -> Instances:
-        rows = self._check_id(image_id)
+        rows = self.rows(image_id)
         return decode_annotations(self.table["annotation"].to_numpy()[rows], self.shape(image_id),
                                 where=f"{self.csv_path}, id {image_id}",
                                 lines=self.table["row"].to_numpy()[rows] + 2)

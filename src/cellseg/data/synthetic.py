@@ -51,7 +51,7 @@ annotations are more often hollow. Counts and sizes (100 images, seed 0): shsy5y
 781 cells per image (min / median / max), median area 153 px; astro 25 / 74 / 191, 769 px;
 cort 10 / 30 / 92, 230 px.
 
-One module (~880 lines, 70 of them this docstring) on purpose: shapes, placement, overlaps and
+One module on purpose: shapes, placement, overlaps and
 rendering share the per-type :class:`CellStyle` and were tuned together against the real
 subset; :func:`make_dataset` writes them in the competition's layout.
 """

@@ -22,6 +22,7 @@ maximum absolute difference and fails if it exceeds :data:`TOLERANCE`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import platform
@@ -35,13 +36,13 @@ import numpy as np
 from cellseg import fileio
 from cellseg.exceptions import ExportError
 from cellseg.experiment import CLASSIFIER_FILE, POSTPROCESS_FILE
-from cellseg.readout import parse_heads, seg_name, seg_names
+from cellseg.postprocess.tuned import TunedCellType, TunedPostprocess
+from cellseg.readout import INPUT_NAME, parse_heads, seg_name, seg_names
 
 TOLERANCE = 1e-4
 SAVED_MODEL_DIR = "saved_model"
 ONNX_FILE = "model.onnx"
 ONNX_OPSET = 17
-INPUT_NAME = "image"
 
 
 def _runners(models: Sequence[Any], heads: str) -> tuple[list[Any], str]:
@@ -296,11 +297,15 @@ def _write_export(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: Path, onnx: 
         else:
             check("onnx", lambda: run_onnx(path, x))
 
-    params_doc = {"method": "deep", "experiment": Path(exp_dir).name, "source": (
-        f"tuned ({POSTPROCESS_FILE})" if (Path(exp_dir) / POSTPROCESS_FILE).is_file()
-        else "config defaults (not tuned)"),
-        "cell_types": {t: {"params": dict(ens.params[t])} for t in CELL_TYPES}}
-    fileio.write_yaml(out_dir / POSTPROCESS_FILE, params_doc)
+    # The tuned file's provenance travels with the export; every type's params are complete
+    # (the ensemble's, defaults filled in), so the package decodes without the config.
+    tuned = TunedPostprocess.find(exp_dir) or TunedPostprocess(experiment=Path(exp_dir).name)
+    tuned.source = (f"tuned ({POSTPROCESS_FILE})" if tuned.cell_types
+                    else "config defaults (not tuned)")
+    tuned.cell_types = {t: dataclasses.replace(tuned.cell_types[t], params=dict(ens.params[t]))
+                        if t in tuned.cell_types else TunedCellType(params=dict(ens.params[t]))
+                        for t in CELL_TYPES}
+    tuned.write(out_dir / POSTPROCESS_FILE)
     for fold, model_path in ens.model_files:
         clf = Path(model_path).parent / CLASSIFIER_FILE
         if clf.is_file():

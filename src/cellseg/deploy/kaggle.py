@@ -57,7 +57,7 @@ from cellseg.experiment import (
 )
 from cellseg.infer.ensemble import load_classifiers
 from cellseg.model.predict import load_models
-from cellseg.tune.tuned_params import load_params
+from cellseg.postprocess.tuned import TunedPostprocess
 
 CODE_DIR = "cellseg"
 CONFIGS_DIR = "configs"
@@ -316,6 +316,77 @@ def _is_package(path: Path) -> bool:
     return (path / MANIFEST).is_file() or (path / DATASET_METADATA).is_file()
 
 
+def _check_package_out(out_dir: Path, exp_dir: Path, code_dir: Path, overwrite: bool) -> None:
+    """``out_dir`` may become the package (absent, or an earlier package with ``overwrite``,
+    never inside the experiment) and ``code_dir`` is a Python package.
+
+    Raises:
+        PackagingError: naming the path and what to do.
+    """
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise PackagingError(f"{out_dir} exists and is a file; expected a folder path "
+                                 f"for the package")
+        if not overwrite:
+            raise PackagingError(f"{out_dir} already exists; pass --overwrite to replace it "
+                                 f"or choose another --out")
+        if any(out_dir.iterdir()) and not _is_package(out_dir):
+            raise PackagingError(f"refusing to replace {out_dir}: it is not a package built "
+                                 f"by package.py (no {MANIFEST}); choose another --out")
+    if out_dir.resolve().is_relative_to(exp_dir.resolve()):
+        raise PackagingError(f"--out {out_dir} lies inside the experiment {exp_dir}; choose "
+                             f"a folder outside it")
+    if not (code_dir / "__init__.py").is_file():
+        raise PackagingError(f"{code_dir}: not a Python package (no __init__.py)")
+
+
+def _check_experiment(exp_dir: Path, folds: Sequence[int] | None) -> list[tuple[int, Path]]:
+    """The fold models to ship, after reading everything the kernel will read (each fold's
+    config, ``postprocess.yaml``, every model and classifier), so that a broken file fails
+    now and not after an upload.
+
+    Raises:
+        InferenceError: no trained fold (names ``train.py --fold K``), a damaged model.
+        PackagingError: a fold without its config. ConfigError / ValueError: unreadable files.
+    """
+    exp = exp_dir.name
+    models = find_fold_models(exp_dir, folds)  # InferenceError naming train.py --fold K
+    # Read what the kernel will read, so a broken file fails now and not after an upload.
+    for k, model_path in models:
+        if not (model_path.parent / SAVED_CONFIG).is_file():
+            raise PackagingError(
+                f"{model_path.parent / SAVED_CONFIG} not found: fold {k} has a model but not "
+                f"the config it was trained with (training writes it); retrain with "
+                f"`python src/train.py --fold {k} --exp {exp}`")
+        _load_saved_config(model_path.parent / SAVED_CONFIG)
+    if (exp_dir / POSTPROCESS_FILE).is_file():
+        TunedPostprocess.read(exp_dir / POSTPROCESS_FILE)  # ValueError naming the file
+    # Every model and classifier must load as the kernel will load it: a truncated or damaged
+    # best.keras must not be shipped (InferenceError naming the file).
+    load_models([p for _, p in models])
+    load_classifiers(models)
+    return models
+
+
+def _copy_experiment(exp_dir: Path, models: list[tuple[int, Path]], dest_exp: Path) -> bool:
+    """Copy each fold's model, config, result and classifier, and the tuned
+    ``postprocess.yaml``, into ``dest_exp``; returns whether there was a tuned file."""
+    for k, model_path in models:
+        fold_dest = dest_exp / fold_dir_name(k)
+        fold_dest.mkdir(parents=True)
+        for name in (BEST_MODEL, SAVED_CONFIG, RESULT_FILE, CLASSIFIER_FILE):
+            if (model_path.parent / name).is_file():
+                shutil.copy2(model_path.parent / name, fold_dest / name)
+    has_post = (exp_dir / POSTPROCESS_FILE).is_file()
+    if has_post:
+        shutil.copy2(exp_dir / POSTPROCESS_FILE, dest_exp / POSTPROCESS_FILE)
+    else:
+        warnings.warn(f"{exp_dir / POSTPROCESS_FILE} not found: the kernel will use the "
+                      f"config's default post-processing (run `python src/tune.py --exp "
+                      f"{exp_dir.name}` first to tune it)", stacklevel=2)
+    return has_post
+
+
 def build_package(
     exp_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -366,38 +437,8 @@ def build_package(
     out_dir = Path(out_dir)
     exp = exp_dir.name
     code_dir = Path(code_dir) if code_dir is not None else Path(__file__).resolve().parents[1]
-    if out_dir.exists():
-        if not out_dir.is_dir():
-            raise PackagingError(f"{out_dir} exists and is a file; expected a folder path "
-                                 f"for the package")
-        if not overwrite:
-            raise PackagingError(f"{out_dir} already exists; pass --overwrite to replace it "
-                                 f"or choose another --out")
-        if any(out_dir.iterdir()) and not _is_package(out_dir):
-            raise PackagingError(f"refusing to replace {out_dir}: it is not a package built "
-                                 f"by package.py (no {MANIFEST}); choose another --out")
-    if out_dir.resolve().is_relative_to(exp_dir.resolve()):
-        raise PackagingError(f"--out {out_dir} lies inside the experiment {exp_dir}; choose "
-                             f"a folder outside it")
-    if not (code_dir / "__init__.py").is_file():
-        raise PackagingError(f"{code_dir}: not a Python package (no __init__.py)")
-
-    models = find_fold_models(exp_dir, folds)  # InferenceError naming train.py --fold K
-    # Read what the kernel will read, so a broken file fails now and not after an upload.
-    saved_cfgs = []
-    for k, model_path in models:
-        if not (model_path.parent / SAVED_CONFIG).is_file():
-            raise PackagingError(
-                f"{model_path.parent / SAVED_CONFIG} not found: fold {k} has a model but not "
-                f"the config it was trained with (training writes it); retrain with "
-                f"`python src/train.py --fold {k} --exp {exp}`")
-        saved_cfgs.append(_load_saved_config(model_path.parent / SAVED_CONFIG))
-    if (exp_dir / POSTPROCESS_FILE).is_file():
-        load_params(exp_dir, saved_cfgs[0], warn=False)  # ValueError naming the file
-    # Every model and classifier must load as the kernel will load it: a truncated or damaged
-    # best.keras must not be shipped (InferenceError naming the file).
-    load_models([p for _, p in models])
-    load_classifiers(models)
+    _check_package_out(out_dir, exp_dir, code_dir, overwrite)
+    models = _check_experiment(exp_dir, folds)
     dataset_id = dataset_id or default_dataset_id(exp)
     title = title or default_title(exp)
     fold_list = [k for k, _ in models]
@@ -418,20 +459,7 @@ def build_package(
     with fileio.replace_folder(out_dir) as tmp:
         shutil.copytree(code_dir, tmp / CODE_DIR, ignore=_IGNORE_CODE)
         config_names = _copy_configs(configs, tmp / CONFIGS_DIR)
-        dest_exp = tmp / MODELS_DIR / exp
-        for k, model_path in models:
-            fold_dest = dest_exp / fold_dir_name(k)
-            fold_dest.mkdir(parents=True)
-            for name in (BEST_MODEL, SAVED_CONFIG, RESULT_FILE, CLASSIFIER_FILE):
-                if (model_path.parent / name).is_file():
-                    shutil.copy2(model_path.parent / name, fold_dest / name)
-        has_post = (exp_dir / POSTPROCESS_FILE).is_file()
-        if has_post:
-            shutil.copy2(exp_dir / POSTPROCESS_FILE, dest_exp / POSTPROCESS_FILE)
-        else:
-            warnings.warn(f"{exp_dir / POSTPROCESS_FILE} not found: the kernel will use the "
-                          f"config's default post-processing (run `python src/tune.py --exp "
-                          f"{exp}` first to tune it)", stacklevel=2)
+        has_post = _copy_experiment(exp_dir, models, tmp / MODELS_DIR / exp)
         n_wheels = (_download_wheels(tmp / WHEELS_DIR, requirements, wheel_python, run)
                     if wheels else 0)
         (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2) + "\n")

@@ -275,19 +275,20 @@ def _training_section(page: _Page, exp_dir: Path) -> None:
 
 
 def _tuned_table(path: Path) -> pd.DataFrame | None:
+    from cellseg.postprocess.tuned import TunedPostprocess
+
     try:
-        doc = fileio.read_yaml(path)
-    except (OSError, yaml.YAMLError):
+        tuned = TunedPostprocess.read(path)
+    except (OSError, ValueError):
         return None
     rows = []
-    for t, v in (doc.get("cell_types") or {}).items():
-        if not isinstance(v, dict):
-            continue
-        rows.append({"cell type": t, "images": v.get("n_images", ""),
-                     "default": v.get("default_score", np.nan),
-                     "tuned": v.get("oof_score", np.nan), "trials": v.get("n_trials", ""),
+    for t, v in tuned.cell_types.items():
+        rows.append({"cell type": t, "images": "" if v.n_images is None else v.n_images,
+                     "default": np.nan if v.default_score is None else v.default_score,
+                     "tuned": np.nan if v.oof_score is None else v.oof_score,
+                     "trials": "" if v.n_trials is None else v.n_trials,
                      "params": ", ".join(f"{k}={x:.3g}" if isinstance(x, float) else
-                                         f"{k}={x}" for k, x in (v.get("params") or {}).items())})
+                                         f"{k}={x}" for k, x in v.params.items())})
     return pd.DataFrame(rows) if rows else None
 
 

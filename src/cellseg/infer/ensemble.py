@@ -103,7 +103,7 @@ class FoldEnsemble:
             InferenceError: bad options, no model, a damaged model or classifier, models
                 without a cell-type head and no override.
         """
-        from cellseg.tune.tuned_params import check_tuned_on, load_params
+        from cellseg.postprocess.tuned import check_tuned_on, params_by_type
 
         heads = cfg.infer.heads if heads is None else heads
         tta = list(cfg.infer.tta if tta is None else tta)
@@ -113,7 +113,7 @@ class FoldEnsemble:
             raise InferenceError(f"cell type {cell_type!r} unknown; expected one of {CELL_TYPES}")
         model_files = find_fold_models(exp_dir, folds)
         classifiers = load_classifiers(model_files)
-        params = load_params(exp_dir, cfg, warn=warn_untuned)
+        params = params_by_type(exp_dir, cfg, warn=warn_untuned)
 
         try:
             tta = check_tta(tta)

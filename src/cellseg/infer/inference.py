@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 
+import numpy as np
+
 from cellseg import fileio
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
@@ -89,6 +91,47 @@ def cell_types_path(out_path: str | os.PathLike) -> Path:
 
 
 # ------------------------------------------------------------------------------ the run
+def _check_outputs_and_test_images(out_path: Path, data_dir: str | os.PathLike,
+                                   save_probs_dir: str | os.PathLike | None,
+                                   save_overlays_dir: str | os.PathLike | None
+                                   ) -> tuple[Path, dict[str, tuple[int, int]]]:
+    """The cheap checks, before any model loads: the output paths can be written, and the
+    test folder's images (headers only). Returns ``(test folder, id -> (height, width))``."""
+    if out_path.is_dir():
+        raise InferenceError(f"{out_path} is a folder; expected the submission file's path")
+    test_dir = Path(data_dir) / TEST_DIRNAME
+    if not test_dir.is_dir():
+        raise DataError(f"{test_dir}: test image folder not found (expected <data root>/"
+                        f"{TEST_DIRNAME}/*.png; set --data-dir)")
+    shapes = folder_image_shapes(test_dir)
+    for folder, what in ((save_probs_dir, "--save-probs"), (save_overlays_dir,
+                                                            "--save-overlays")):
+        if folder is not None:
+            fileio.require_folder(folder, what)
+    return test_dir, shapes
+
+
+def _cell_type_row(image_id: str, kind: str, type_probs: np.ndarray,
+                   has_probs: bool) -> dict[str, Any]:
+    """One row of ``<submission>_cell_types.csv``: the type used and each type's
+    probability (NaN when the ensemble gives none)."""
+    return {"id": image_id, "cell_type": kind, **{
+        f"prob_{t}": round(float(type_probs[j]), 4) if has_probs else float("nan")
+        for j, t in enumerate(CELL_TYPES)}}
+
+
+def _write_cell_types(out_path: Path, type_rows: list[dict[str, Any]]) -> Path:
+    """Write the per-image cell types beside the submission (atomically); returns the path."""
+    import pandas as pd
+
+    types_path = cell_types_path(out_path)
+    with fileio.atomic_path(types_path) as tmp:
+        pd.DataFrame(type_rows, columns=["id", "cell_type",
+                                         *(f"prob_{t}" for t in CELL_TYPES)]).to_csv(tmp,
+                                                                                     index=False)
+    return types_path
+
+
 def run_inference(
     cfg: Config,
     exp_dir: str | os.PathLike,
@@ -137,21 +180,9 @@ def run_inference(
         SubmissionError: the produced rows are not a valid submission (nothing written).
     """
     out_path = Path(out_path)
-    if out_path.is_dir():
-        raise InferenceError(f"{out_path} is a folder; expected the submission file's path")
-
-    # Cheap checks first: test images (headers only); FoldEnsemble.load checks options and
-    # model files before it starts TensorFlow.
-    test_dir = Path(data_dir) / TEST_DIRNAME
-    if not test_dir.is_dir():
-        raise DataError(f"{test_dir}: test image folder not found (expected <data root>/"
-                        f"{TEST_DIRNAME}/*.png; set --data-dir)")
-    shapes = folder_image_shapes(test_dir)
+    test_dir, shapes = _check_outputs_and_test_images(out_path, data_dir, save_probs_dir,
+                                                      save_overlays_dir)
     ids = list(shapes)
-    for folder, what in ((save_probs_dir, "--save-probs"), (save_overlays_dir,
-                                                            "--save-overlays")):
-        if folder is not None:
-            fileio.require_folder(folder, what)
     from cellseg.infer.ensemble import FoldEnsemble
 
     ens = FoldEnsemble.load(cfg, exp_dir, folds=folds, heads=heads, tta=tta,
@@ -183,9 +214,7 @@ def run_inference(
                     has_probs = type_probs.shape[-1] == len(CELL_TYPES)
                     kind = ens.cell_type(type_probs[k])  # load() ensured one source
                     image_types[image_id] = kind
-                    type_rows.append({"id": image_id, "cell_type": kind, **{
-                        f"prob_{t}": round(float(type_probs[k][j]), 4) if has_probs
-                        else float("nan") for j, t in enumerate(CELL_TYPES)}})
+                    type_rows.append(_cell_type_row(image_id, kind, type_probs[k], has_probs))
                     t = time.perf_counter()
                     labels = ens.decode(probs[k], kind)
                     timing["postprocess"] += time.perf_counter() - t
@@ -205,13 +234,7 @@ def run_inference(
 
     t_start = time.perf_counter()
     written = write_submission(rows(), out_path, ids, shapes)
-    import pandas as pd
-
-    types_path = cell_types_path(out_path)
-    with fileio.atomic_path(types_path) as tmp:
-        pd.DataFrame(type_rows, columns=["id", "cell_type",
-                                         *(f"prob_{t}" for t in CELL_TYPES)]).to_csv(tmp,
-                                                                                     index=False)
+    types_path = _write_cell_types(out_path, type_rows)
     total = time.perf_counter() - t_start
     timing["write"] = max(total - sum(v for k, v in timing.items() if k != "write"), 0.0)
     n = len(ids)

@@ -47,12 +47,12 @@ from cellseg import fileio
 from cellseg.constants import CELL_TYPES, TRAIN_COLUMNS
 from cellseg.data import rle
 from cellseg.data.coco import check_root_out, keep_user_entry, safe_id
+from cellseg.data.data_root import SOURCE_FILE
 from cellseg.data.images import IMAGE_SUFFIXES, image_size, read_image_uint8, write_png
 from cellseg.exceptions import CocoError, DataError, PseudoLabelError
 from cellseg.experiment import POSTPROCESS_FILE
 
 IMAGES_FILE = "pseudo_images.csv"
-SOURCE_FILE = "source.json"
 PSEUDO_COLUMNS: tuple[str, ...] = (*TRAIN_COLUMNS, "confidence")
 
 
@@ -146,7 +146,7 @@ class PseudoSummary:
         return "\n".join(lines)
 
 
-def list_images(folder: str | os.PathLike) -> list[tuple[Path, str]]:
+def images_with_ids(folder: str | os.PathLike) -> list[tuple[Path, str]]:
     """The image files of ``folder`` (not recursive, hidden files skipped) with a safe,
     unique id each (``a b.png`` -> ``a_b``; a clash gets ``_2``, ``_3``, ...; a name with
     nothing usable gets ``img_<hash>``)."""
@@ -216,7 +216,7 @@ def pseudo_label(
         if not 0.0 <= float(value) <= 1.0:
             raise PseudoLabelError(f"--{name.replace('_', '-')} must be in [0, 1], got {value}")
     images_dir, out, exp_dir = Path(images_dir), Path(out), Path(exp_dir)
-    files = list_images(images_dir)
+    files = images_with_ids(images_dir)
     check_root_out(out, overwrite, protect=(images_dir,), error=PseudoLabelError)
     rows: list[tuple] = []
     report: list[dict[str, Any]] = []

@@ -48,7 +48,7 @@ summary and lists what was not done. ``shard=(k, n)`` takes every n-th image of 
 machines share a collection without any output colliding.
 
 Tiles are laid out by :mod:`cellseg.infer.tiling`; the files written per image are
-:mod:`cellseg.infer.segment_outputs`. What is left here (~560 lines, 50 of them this docstring)
+:mod:`cellseg.infer.segment_outputs`. What is left here
 is the run: inputs, scale, cell type, the tile loop and the summary.
 """
 
@@ -86,7 +86,7 @@ from cellseg.infer.segment_outputs import (
 from cellseg.infer.tiling import (
     ROW_BLOCK,
     Span,
-    image_stats,
+    normalisation_stats,
     model_multiple,
     normalize_with,
     tile_spans,
@@ -179,7 +179,7 @@ def check_out_dir(out: str | os.PathLike, inputs: Sequence[str | os.PathLike],
     return out
 
 
-def output_names(paths: Sequence[Path]) -> dict[Path, str]:
+def unique_output_stems(paths: Sequence[Path]) -> dict[Path, str]:
     """A unique output name per input: the file stem, unless two inputs share it.
 
     Shared stems (``a/x.tif`` and ``b/x.tif``, or ``x.png`` and ``x.tif``) get the path
@@ -367,7 +367,7 @@ def segment_array(
     shape0 = image.shape
     model_shape = scaled_shape(shape0, scale)
     work = resize(image, model_shape)
-    mean, std = image_stats(work)
+    mean, std = normalisation_stats(work)
     timing["resize"] = time.perf_counter() - t
     t = time.perf_counter()
     kind, type_probs = _cell_type(ens, work, mean, std)
@@ -578,7 +578,7 @@ def run_settings(ens: Any, scale: float, channel: int | None, tile: int, overlap
     import hashlib
     import json
 
-    from cellseg.tune.tuned_params import model_digest
+    from cellseg.postprocess.tuned import model_digest
 
     params = json.dumps(getattr(ens, "params", {}), sort_keys=True, default=str)
     return {
@@ -643,7 +643,7 @@ def run_segment(
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out_dir = Path(out_dir)
-    names = names or output_names(list(files))
+    names = names or unique_output_stems(list(files))
     stale = fileio.remove_stale_temp_files(
         out_dir, [summary_name, *(f for p in files for f in output_files(names[p]))])
     if stale:
@@ -720,7 +720,7 @@ __all__ = [
     "collect_inputs",
     "format_summary",
     "labels_to_shape",
-    "output_names",
+    "unique_output_stems",
     "parse_shard",
     "reference_diameter",
     "run_segment",

@@ -29,7 +29,7 @@ import pandas as pd
 from cellseg import fileio
 from cellseg.constants import SUBMISSION_COLUMNS
 from cellseg.data import rle
-from cellseg.data.data_root import DataError, list_images
+from cellseg.data.data_root import DataError, list_png_ids
 from cellseg.data.images import image_size
 from cellseg.exceptions import SubmissionError
 
@@ -64,7 +64,7 @@ def folder_image_shapes(test_dir: str | os.PathLike) -> dict[str, tuple[int, int
         DataError: the folder is missing, holds no PNG, or an image header is unreadable.
     """
     test_dir = Path(test_dir)
-    ids = list_images(test_dir)
+    ids = list_png_ids(test_dir)
     if not ids:
         raise DataError(f"{test_dir}: no *.png test images in this folder")
     return {i: image_size(test_dir / f"{i}.png") for i in ids}

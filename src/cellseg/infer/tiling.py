@@ -21,7 +21,7 @@ from cellseg.exceptions import SegmentError
 ROW_BLOCK = 1024  # rows per block when summing image statistics
 
 
-def image_stats(image: np.ndarray) -> tuple[float, float]:
+def normalisation_stats(image: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation of the whole image in float64, one row block at a time
     (no full-size float copy), as :func:`cellseg.model.predict.normalize_image` computes them."""
     n = image.size

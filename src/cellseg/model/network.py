@@ -40,11 +40,10 @@ from typing import Any
 import keras
 from keras import layers, ops
 
-from cellseg.config import ModelConfig
+from cellseg.config import ModelConfig, check_model_config
 from cellseg.constants import CELL_TYPES
-from cellseg.readout import seg_level, seg_name, seg_names
+from cellseg.readout import INPUT_NAME, seg_level, seg_name, seg_names
 
-INPUT_NAME = "image"
 CELL_TYPE_OUTPUT = "cell_type"
 _NODE_RE = re.compile(r"^X(\d+)_(\d+)_conv1$")
 
@@ -146,21 +145,6 @@ def _up(x: Any, filters: int, name: str) -> Any:
     return layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=name)(x)
 
 
-def _check_config(cfg: ModelConfig, n_cell_types: int) -> None:
-    if len(cfg.widths) < 2:
-        raise ValueError(f"model.widths: need at least 2 levels, got {cfg.widths}")
-    if any(int(w) < 1 for w in cfg.widths):
-        raise ValueError(f"model.widths: all widths must be positive, got {cfg.widths}")
-    if cfg.norm not in ("batch", "none"):
-        raise ValueError(f"model.norm: expected 'batch' or 'none', got {cfg.norm!r}")
-    if cfg.n_targets < 1:
-        raise ValueError(f"model.n_targets must be >= 1, got {cfg.n_targets}")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise ValueError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.cell_type_head and n_cell_types < 2:
-        raise ValueError(f"n_cell_types must be >= 2 for a cell-type head, got {n_cell_types}")
-
-
 def build_model(
     cfg: ModelConfig,
     n_cell_types: int = len(CELL_TYPES),
@@ -183,7 +167,7 @@ def build_model(
     Raises:
         ValueError: an invalid config (message names the field).
     """
-    _check_config(cfg, n_cell_types)
+    check_model_config(cfg, n_cell_types)
     widths = [int(w) for w in cfg.widths]
     depth = len(widths) - 1
     inputs = keras.Input(shape=(None, None, 1), dtype="float32", name=INPUT_NAME)
@@ -389,7 +373,6 @@ def prune_model(model: keras.Model, level: int) -> keras.Model:
 
 __all__ = [
     "CELL_TYPE_OUTPUT",
-    "INPUT_NAME",
     "AttentionGate",
     "ModelInfo",
     "build_model",

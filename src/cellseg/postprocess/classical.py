@@ -18,7 +18,12 @@ from skimage.feature import peak_local_max
 from skimage.filters import threshold_otsu
 from skimage.segmentation import watershed
 
-from cellseg.postprocess.decode import _check_float, _check_int, _drop_small, _signature_defaults
+from cellseg.postprocess.decode import (
+    check_float,
+    check_int,
+    drop_small,
+    signature_defaults,
+)
 
 # --------------------------------------------------------------------------------------------
 # Classical baseline
@@ -100,14 +105,14 @@ def classical_segment(
         ValueError: not a 2-D numeric image, or a parameter out of range.
     """
     img = _check_image(image)
-    background_sigma = _check_float("background_sigma", background_sigma, strict=True)
-    smooth_sigma = _check_float("smooth_sigma", smooth_sigma)
+    background_sigma = check_float("background_sigma", background_sigma, strict=True)
+    smooth_sigma = check_float("smooth_sigma", smooth_sigma)
     if polarity not in _POLARITIES:
         raise ValueError(f"polarity must be one of {_POLARITIES}, got {polarity!r}")
-    threshold_scale = _check_float("threshold_scale", threshold_scale, strict=True)
-    open_radius = _check_int("open_radius", open_radius)
-    min_distance = _check_int("min_distance", min_distance, low=1)
-    min_area = _check_int("min_area", min_area)
+    threshold_scale = check_float("threshold_scale", threshold_scale, strict=True)
+    open_radius = check_int("open_radius", open_radius)
+    min_distance = check_int("min_distance", min_distance, low=1)
+    min_area = check_int("min_area", min_area)
 
     diff = img - _gaussian(img, background_sigma)
     if polarity == "abs":
@@ -144,10 +149,10 @@ def classical_segment(
     orphans, n_orphans = ndimage.label(mask & (labels == 0))
     if n_orphans:
         labels = np.where(orphans > 0, orphans + int(labels.max()), labels).astype(np.int32)
-    return _drop_small(labels, min_area)
+    return drop_small(labels, min_area)
 
 
 #: Defaults of :func:`classical_segment`'s parameters (read-only).
 CLASSICAL_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(
-    _signature_defaults(classical_segment)
+    signature_defaults(classical_segment)
 )

@@ -44,6 +44,8 @@ from cellseg.config import PostprocessParams
 
 # Probabilities from float16 sigmoids or TTA averaging can stray a hair outside [0, 1].
 _PROB_TOLERANCE = 1e-3
+# The knobs' defaults stand in one place, the config's PostprocessParams.
+_DEFAULTS = PostprocessParams()
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +62,7 @@ def _check_fraction(name: str, value: Any) -> float:
     return value
 
 
-def _check_int(name: str, value: Any, low: int = 0) -> int:
+def check_int(name: str, value: Any, low: int = 0) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     value = int(value)
@@ -69,7 +71,7 @@ def _check_int(name: str, value: Any, low: int = 0) -> int:
     return value
 
 
-def _check_float(name: str, value: Any, low: float = 0.0, strict: bool = False) -> float:
+def check_float(name: str, value: Any, low: float = 0.0, strict: bool = False) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}")
     value = float(value)
@@ -142,7 +144,7 @@ def _structure(connectivity: int) -> np.ndarray:
     return ndimage.generate_binary_structure(2, connectivity)
 
 
-def _drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
+def drop_small(labels: np.ndarray, min_area: int) -> np.ndarray:
     """Drop labels with fewer than ``min_area`` pixels and renumber the rest 1..n (int32).
 
     One ``bincount`` and one look-up table: no loop over labels. Not zeroing the small ones
@@ -170,7 +172,7 @@ def _split_seeds(markers: np.ndarray, height: float, structure: np.ndarray) -> n
     has_peak[0] = True
     lone = ~has_peak[markers]  # seed pixels of regions without a peak
     out = np.where(lone, markers + n_peaks, peaks)
-    return _drop_small(watershed(-dist, out, mask=markers > 0, connectivity=1)
+    return drop_small(watershed(-dist, out, mask=markers > 0, connectivity=1)
                        .astype(np.int32), 1)
 
 
@@ -227,16 +229,16 @@ def fill_holes_per_instance(labels: np.ndarray) -> np.ndarray:
 
 def decode_instances(
     probs: np.ndarray,
-    seed_threshold: float = 0.5,
-    mask_threshold: float = 0.3,
-    min_seed_area: int = 10,
-    min_area: int = 10,
-    keep_unseeded: bool = True,
-    fill_holes: bool = True,
-    compactness: float = 0.0,
-    connectivity: int = 1,
-    smooth_sigma: float = 0.0,
-    split_height: float = 0.0,
+    seed_threshold: float = _DEFAULTS.seed_threshold,
+    mask_threshold: float = _DEFAULTS.mask_threshold,
+    min_seed_area: int = _DEFAULTS.min_seed_area,
+    min_area: int = _DEFAULTS.min_area,
+    keep_unseeded: bool = _DEFAULTS.keep_unseeded,
+    fill_holes: bool = _DEFAULTS.fill_holes,
+    compactness: float = _DEFAULTS.compactness,
+    connectivity: int = _DEFAULTS.connectivity,
+    smooth_sigma: float = _DEFAULTS.smooth_sigma,
+    split_height: float = _DEFAULTS.split_height,
 ) -> np.ndarray:
     """Turn the network's body / touching-border probabilities into an instance label image.
 
@@ -282,14 +284,14 @@ def decode_instances(
     body, border, centre = _check_probs(probs)
     seed_threshold = _check_fraction("seed_threshold", seed_threshold)
     mask_threshold = _check_fraction("mask_threshold", mask_threshold)
-    min_seed_area = _check_int("min_seed_area", min_seed_area)
-    min_area = _check_int("min_area", min_area)
+    min_seed_area = check_int("min_seed_area", min_seed_area)
+    min_area = check_int("min_area", min_area)
     keep_unseeded = _check_bool("keep_unseeded", keep_unseeded)
     fill_holes = _check_bool("fill_holes", fill_holes)
-    compactness = _check_float("compactness", compactness)
+    compactness = check_float("compactness", compactness)
     connectivity = _check_connectivity(connectivity)
-    smooth_sigma = _check_float("smooth_sigma", smooth_sigma)
-    split_height = _check_float("split_height", split_height)
+    smooth_sigma = check_float("smooth_sigma", smooth_sigma)
+    split_height = check_float("split_height", split_height)
     structure = _structure(connectivity)
     if smooth_sigma > 0:
         body = ndimage.gaussian_filter(body, smooth_sigma, mode="nearest")
@@ -305,7 +307,7 @@ def decode_instances(
 
     markers, _ = ndimage.label((score > seed_threshold) & mask, structure=structure)
     if min_seed_area > 1:
-        markers = _drop_small(markers, min_seed_area)
+        markers = drop_small(markers, min_seed_area)
     if split_height > 0 and markers.any():
         markers = _split_seeds(markers, split_height, structure)
     if markers.any():
@@ -325,10 +327,10 @@ def decode_instances(
 
     if fill_holes:
         labels = fill_holes_per_instance(labels)
-    return _drop_small(labels, min_area)
+    return drop_small(labels, min_area)
 
 
-def _signature_defaults(fn: Any) -> dict[str, Any]:
+def signature_defaults(fn: Any) -> dict[str, Any]:
     """Keyword defaults of ``fn`` (one source of truth: the signature itself)."""
     return {
         name: p.default
@@ -338,7 +340,7 @@ def _signature_defaults(fn: Any) -> dict[str, Any]:
 
 
 #: Defaults of :func:`decode_instances`' knobs (read-only).
-DEEP_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(_signature_defaults(decode_instances))
+DEEP_DEFAULTS: Mapping[str, Any] = types.MappingProxyType(signature_defaults(decode_instances))
 
 
 def decode_with_params(
@@ -385,7 +387,11 @@ def decode_with_params(
 
 __all__ = [
     "DEEP_DEFAULTS",
+    "check_float",
+    "check_int",
     "decode_instances",
     "decode_with_params",
+    "drop_small",
     "fill_holes_per_instance",
+    "signature_defaults",
 ]

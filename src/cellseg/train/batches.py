@@ -55,7 +55,7 @@ def load_samples(data: TrainData, ids: list[str], cache_dir: str | Path | None =
         image = data.load_image(image_id)
         inst = data.load_instances(image_id) if (keep_instances or cache is None) else None
         if cache is not None:
-            rows = data._check_id(image_id)
+            rows = data.rows(image_id)
             targets = cache.get(image_id, annotations[rows],
                                 lambda i=image_id, inst=inst: inst or data.load_instances(i))
         else:

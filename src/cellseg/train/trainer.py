@@ -188,6 +188,59 @@ def train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = F
         keras.mixed_precision.set_global_policy(previous)
 
 
+def _split_fold(cfg: Config, data: TrainData, fold: int) -> tuple[list[str], list[str],
+                                                                  list[str]]:
+    """``(training ids, validation ids, ids scored each epoch)`` of one fold.
+
+    ``train.max_val_images`` caps the per-epoch scoring only (a seeded sample); the OOF maps
+    cover every validation image.
+    """
+    train_ids, val_ids = split_ids(cfg, data, fold)
+    if not val_ids or not train_ids:
+        raise TrainingError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} "
+                            f"validation images; both must be non-empty")
+    monitor_ids = val_ids
+    if cfg.train.max_val_images and len(val_ids) > cfg.train.max_val_images:
+        rng = np.random.default_rng(cfg.seed)
+        monitor_ids = sorted(rng.choice(val_ids, cfg.train.max_val_images,
+                                        replace=False).tolist())
+    return train_ids, val_ids, monitor_ids
+
+
+def _open_model(cfg: Config, fold: int, fold_dir: Path, strategy: Any, resume: bool,
+                chief: bool, state: dict[str, Any]) -> tuple[keras.Model, list[dict[str, Any]]]:
+    """The fold's compiled model and the history so far, in the strategy's scope.
+
+    Resumed: ``last.keras`` with its optimizer, ``state`` updated from ``state.json`` and the
+    history cut at that epoch. New: built, initialised from ``train.init_from`` when set
+    (its report written beside the model) and compiled with the warm-up + cosine schedule.
+    """
+    history: list[dict[str, Any]] = []
+    steps = cfg.train.steps_per_epoch
+    with strategy.scope():
+        if resume:
+            state.update(json.loads((fold_dir / STATE_FILE).read_text()))
+            model = keras.saving.load_model(fold_dir / LAST_MODEL)
+            if (fold_dir / HISTORY_FILE).is_file():
+                old = pd.read_csv(fold_dir / HISTORY_FILE)
+                history = old[old["epoch"] < state["epoch"]].to_dict("records")
+            print(f"resuming at epoch {state['epoch'] + 1} "
+                  f"(best val_score {state['best_score']:.4f})", flush=True)
+            return model, history
+        model = build_model(cfg.model, name=f"{cfg.name}_fold{fold}")
+        if cfg.train.init_from:
+            init_report = init_from_model(model, cfg.train.init_from)
+            if chief:
+                fileio.write_text(fold_dir / INIT_FILE, json.dumps(init_report, indent=2))
+        schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
+                                cfg.train.epochs * steps)
+        optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                           weight_decay=cfg.train.weight_decay)
+        model.compile(optimizer=optimizer, jit_compile=cfg.train.xla,
+                      **compile_kwargs(model, cfg.train))
+    return model, history
+
+
 def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = False,
                 verbose: int | str = "auto") -> Path:
     """Train one fold end to end; returns the fold directory.
@@ -212,16 +265,7 @@ def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = 
 
     # Everything that can fail on bad data happens before the fold folder is touched.
     data = TrainData(cfg.data.root)
-    train_ids, val_ids = split_ids(cfg, data, fold)
-    if not val_ids or not train_ids:
-        raise TrainingError(f"fold {fold}: {len(train_ids)} training and {len(val_ids)} "
-                            f"validation images; both must be non-empty")
-    # train.max_val_images caps per-epoch scoring only; the OOF maps cover every image.
-    monitor_ids = val_ids
-    if cfg.train.max_val_images and len(val_ids) > cfg.train.max_val_images:
-        rng = np.random.default_rng(cfg.seed)
-        monitor_ids = sorted(rng.choice(val_ids, cfg.train.max_val_images,
-                                        replace=False).tolist())
+    train_ids, val_ids, monitor_ids = _split_fold(cfg, data, fold)
     cache_dir = cfg.data.cache_dir or str(Path(cfg.data.root) / ".cache")
     print(f"fold {fold}: {len(train_ids)} training / {len(val_ids)} validation images "
           f"-> {fold_dir} (replicas: {strategy.num_replicas_in_sync})", flush=True)
@@ -248,32 +292,10 @@ def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = 
     val_type_probs = classifier_probs(classifier, val_samples)
 
     state: dict[str, Any] = {"epoch": 0, "best_score": -1.0, "best_epoch": -1, "wait": 0}
-    history: list[dict[str, Any]] = []
     if chief and not resume:
         save_config(cfg, fold_dir / SAVED_CONFIG)
     steps = cfg.train.steps_per_epoch
-    init_report: dict[str, Any] | None = None
-    with strategy.scope():
-        if resume:
-            state.update(json.loads((fold_dir / STATE_FILE).read_text()))
-            model = keras.saving.load_model(fold_dir / LAST_MODEL)
-            if (fold_dir / HISTORY_FILE).is_file():
-                old = pd.read_csv(fold_dir / HISTORY_FILE)
-                history = old[old["epoch"] < state["epoch"]].to_dict("records")
-            print(f"resuming at epoch {state['epoch'] + 1} "
-                  f"(best val_score {state['best_score']:.4f})", flush=True)
-        else:
-            model = build_model(cfg.model, name=f"{cfg.name}_fold{fold}")
-            if cfg.train.init_from:
-                init_report = init_from_model(model, cfg.train.init_from)
-                if chief:
-                    fileio.write_text(fold_dir / INIT_FILE, json.dumps(init_report, indent=2))
-            schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
-                                    cfg.train.epochs * steps)
-            optimizer = keras.optimizers.AdamW(learning_rate=schedule,
-                                               weight_decay=cfg.train.weight_decay)
-            model.compile(optimizer=optimizer, jit_compile=cfg.train.xla,
-                          **compile_kwargs(model, cfg.train))
+    model, history = _open_model(cfg, fold, fold_dir, strategy, resume, chief, state)
     global_batch = cfg.train.batch_size
     batches = TrainBatches(train_samples, cfg, output_names(model), batch_size=global_batch,
                            steps=steps, seed=cfg.seed + 1000 * fold)

@@ -2,7 +2,8 @@
 
 Why per cell type: crowded, elongated shsy5y cells, sparse round cort cells and large faint
 astro cells need different seed / mask thresholds and minimum areas (docs/design.md section 4). The
-network's cell-type head picks the parameter set at inference; here each set is tuned on the
+image's predicted cell type (cellseg.model.celltype) picks the parameter set at inference; here
+each set is tuned on the
 OOF images of that type (:mod:`cellseg.tune.eval_sets`), maximising the competition score
 (docs/design.md section 3, :mod:`cellseg.tune.scoring`).
 
@@ -40,9 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from cellseg import experiment, fileio
+from cellseg import experiment
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.data_root import TrainData
@@ -54,6 +54,7 @@ from cellseg.experiment import (
     RESULT_FILE,
 )
 from cellseg.postprocess.classical import CLASSICAL_DEFAULTS
+from cellseg.postprocess.tuned import TunedCellType, TunedPostprocess, model_digest
 from cellseg.postprocess.search_space import (
     CLASSICAL_SEARCH_SPACE,
     DEEP_SEARCH_SPACE,
@@ -69,8 +70,7 @@ from cellseg.tune.storage import (
     parse_storage,
     study_name,
 )
-from cellseg.tune.summary import save_plots
-from cellseg.tune.tuned_params import model_digest
+from cellseg.tune.plots import save_plots
 
 #: Output file per method, in the experiment folder.
 OUTPUT_FILES: Mapping[str, str] = {"deep": POSTPROCESS_FILE,
@@ -155,21 +155,13 @@ class CellTypeResult:
     held_out_score: float | None = None  # see held_out_score()
     oof_fingerprint: str = ""
 
-    def to_yaml(self) -> dict[str, Any]:
+    def tuned(self) -> TunedCellType:
         """The entry of ``postprocess.yaml``'s ``cell_types`` mapping."""
-        return {
-            "params": {k: _plain(v) for k, v in self.params.items()},
-            "oof_score": round(float(self.oof_score), 6),
-            "default_score": round(float(self.default_score), 6),
-            "n_images": int(self.n_images),
-            "n_trials": int(self.n_trials),
-            "folds": [int(f) for f in self.folds],
-            "study": self.study_name,
-            "best_trial": self.best_trial,
-            "held_out_score": (None if self.held_out_score is None
-                               else round(float(self.held_out_score), 6)),
-            "oof_fingerprint": self.oof_fingerprint,
-        }
+        return TunedCellType(
+            params=dict(self.params), oof_score=self.oof_score, default_score=self.default_score,
+            n_images=self.n_images, n_trials=self.n_trials, folds=list(self.folds),
+            study=self.study_name, best_trial=self.best_trial,
+            held_out_score=self.held_out_score, oof_fingerprint=self.oof_fingerprint)
 
 
 def _open_study(storage: Any, name: str, eval_set: EvalSet, seed: int, worker_index: int,
@@ -328,23 +320,36 @@ class TuningReport:
     results: list[CellTypeResult]
     output_path: Path
     storage: str
-    doc: dict[str, Any]
+    tuned: TunedPostprocess
+
+    def table(self) -> str:
+        """The end-of-run table: type, images, default score, tuned score on the images that
+        chose it (in-sample) and on held-out halves (:func:`held_out_score`), trials."""
+        header = (f"{'cell type':<10} {'images':>6} {'default':>8} {'tuned':>10} {'tuned':>10} "
+                  f"{'trials':>7} {'(this run)':>10}")
+        sub = (f"{'':<10} {'':>6} {'':>8} {'in-sample':>10} {'held-out':>10} {'':>7} {'':>10}")
+        lines = [header, sub, "-" * len(header)]
+        for r in self.results:
+            held = "n/a" if r.held_out_score is None else f"{r.held_out_score:.4f}"
+            lines.append(f"{r.cell_type:<10} {r.n_images:>6d} {r.default_score:>8.4f} "
+                         f"{r.oof_score:>10.4f} {held:>10} "
+                         f"{r.n_trials:>7d} {r.n_trials_this_run:>10d}")
+        lines.append("in-sample: scored on the images that chose the parameters (optimistic); "
+                     "held-out: chosen on half of the images, scored on the other half, both "
+                     "ways")
+        return "\n".join(lines)
 
 
-def _merge_existing(path: Path, method: str, tuned: Iterable[str]) -> dict[str, Any]:
-    """Entries of cell types not tuned now, kept from an existing output file of this method."""
-    if not path.is_file():
-        return {}
+def _kept_entries(path: Path, method: str, tuned: Iterable[str]) -> dict[str, TunedCellType]:
+    """Entries of cell types not tuned now, kept from an existing output file of this method
+    (an unreadable file keeps nothing: it is replaced)."""
     try:
-        doc = fileio.read_yaml(path)
-    except yaml.YAMLError:
+        existing = TunedPostprocess.find(path.parent, path.name)
+    except ValueError:
         return {}
-    if not isinstance(doc, dict) or doc.get("method") != method:
+    if existing is None or existing.method != method:
         return {}
-    types = doc.get("cell_types")
-    if not isinstance(types, dict):
-        return {}
-    return {t: v for t, v in types.items() if t in CELL_TYPES and t not in set(tuned)}
+    return {t: e for t, e in existing.cell_types.items() if t not in set(tuned)}
 
 
 def _log_fresh_study(storage: Any, name: str, base: str, log: Callable[[str], None]) -> None:
@@ -365,7 +370,7 @@ def _log_fresh_study(storage: Any, name: str, base: str, log: Callable[[str], No
 def tuned_on(exp_dir: Path, folds: Sequence[int], method: str) -> dict[str, Any]:
     """What the tuned parameters are valid for: the OOF maps' heads and TTA (from each fold's
     ``result.json``) and a hash of each fold's model file. ``infer.py`` warns when it runs
-    with other heads, TTA or models (cellseg.tune.tuned_params.check_tuned_on)."""
+    with other heads, TTA or models (cellseg.postprocess.tuned.check_tuned_on)."""
     heads, tta, models = set(), set(), {}
     for k in folds:
         fold_dir = experiment.fold_dir(exp_dir, k)
@@ -470,22 +475,17 @@ def run_tuning(
             results.append(result)
 
     out_path = exp_dir / OUTPUT_FILES[method]
-    entries = _merge_existing(out_path, method, [r.cell_type for r in results])
-    entries.update({r.cell_type: r.to_yaml() for r in results})
+    entries = _kept_entries(out_path, method, [r.cell_type for r in results])
+    entries.update({r.cell_type: r.tuned() for r in results})
     tuned_folds = sorted({f for r in results for f in r.folds})
-    doc = {
-        "method": method,
-        "experiment": cfg.name,
-        "folds": tuned_folds,
+    tuned = TunedPostprocess(
+        cell_types=entries, method=method, experiment=cfg.name, folds=tuned_folds,
         **tuned_on(exp_dir, tuned_folds, method),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "storage": label,
-        "optuna": optuna.__version__,
-        "cell_types": {t: entries[t] for t in CELL_TYPES if t in entries},
-    }
-    fileio.write_yaml(out_path, doc)
+        date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        storage=label, optuna=optuna.__version__)
+    tuned.write(out_path)
     return TuningReport(method=method, results=results, output_path=out_path, storage=label,
-                        doc=doc)
+                        tuned=tuned)
 
 
 __all__ = [

@@ -7,33 +7,10 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cellseg import fileio
-
-if TYPE_CHECKING:
-    from cellseg.tune.study import CellTypeResult
-
-
-def format_table(results: Iterable[CellTypeResult]) -> str:
-    """The end-of-run table: type, images, default score, tuned score on the images that
-    chose it (in-sample) and on held-out halves (see
-    :func:`cellseg.tune.study.held_out_score`), trials."""
-    header = (f"{'cell type':<10} {'images':>6} {'default':>8} {'tuned':>10} {'tuned':>10} "
-              f"{'trials':>7} {'(this run)':>10}")
-    sub = (f"{'':<10} {'':>6} {'':>8} {'in-sample':>10} {'held-out':>10} {'':>7} {'':>10}")
-    lines = [header, sub, "-" * len(header)]
-    for r in results:
-        held = "n/a" if r.held_out_score is None else f"{r.held_out_score:.4f}"
-        lines.append(f"{r.cell_type:<10} {r.n_images:>6d} {r.default_score:>8.4f} "
-                     f"{r.oof_score:>10.4f} {held:>10} "
-                     f"{r.n_trials:>7d} {r.n_trials_this_run:>10d}")
-    lines.append("in-sample: scored on the images that chose the parameters (optimistic); "
-                 "held-out: chosen on half of the images, scored on the other half, both ways")
-    return "\n".join(lines)
-
 
 def save_plots(study: Any, out_dir: str | os.PathLike, prefix: str) -> list[Path]:
     """Optimisation history and parameter importances of a study, as PNGs (atomically).
@@ -79,4 +56,4 @@ def save_plots(study: Any, out_dir: str | os.PathLike, prefix: str) -> list[Path
     return written
 
 
-__all__ = ["format_table", "save_plots"]
+__all__ = ["save_plots"]
