@@ -297,6 +297,59 @@ def _type_from_coco(entry: Mapping[str, Any], anns: list[dict[str, Any]], from_f
     return kinds.pop(), sorted(names)[0]
 
 
+def _check_images_and_masks(plan: list[tuple[str, dict[str, Any], Path, str, str]],
+                            per_image: Mapping[str, list[dict[str, Any]]],
+                            counts: dict[str, int],
+                            progress: Callable[[str, int], None] | None
+                            ) -> tuple[list[tuple], dict[str, dict[str, int]],
+                                       list[tuple[dict[str, Any], Path, str]], int]:
+    """Pass 1 of :func:`convert_coco`, before anything is written: each file's size against
+    its entry (headers only) and every mask decoded into a train.csv row.
+
+    Returns ``(rows, images and cells per type, (entry, file, id) of the images to write,
+    empty masks dropped)``; an image whose masks are all empty is counted in ``counts``.
+
+    Raises:
+        CocoError: a size mismatch or an undecodable mask, naming the image and annotation.
+    """
+    rows: list[tuple] = []
+    per_type: dict[str, dict[str, int]] = {}
+    to_write: list[tuple[dict[str, Any], Path, str]] = []
+    n_empty = 0
+    for key, entry, path, image_id, kind in plan:
+        where = f"image id {entry['id']!r} ({entry['file_name']})"
+        height, width = int(entry["height"]), int(entry["width"])
+        file_h, file_w = image_size(path)
+        if (file_h, file_w) != (height, width):
+            raise CocoError(f"{where}: file {path} is {file_w}x{file_h} (width x height) but "
+                            f"the COCO entry says {width}x{height}")
+        extra = {c: entry.get(c, "") for c in _EXTRA_COLUMNS}
+        extra = {c: ("" if v is None else str(v)) for c, v in extra.items()}
+        if not extra["sample_id"]:
+            extra["sample_id"] = image_id
+        n_cells = 0
+        for ann in per_image[key]:
+            idx = segmentation_indices(ann["segmentation"], (height, width),
+                                       f"annotation id {ann['id']!r} (image id "
+                                       f"{entry['id']!r})")
+            if idx.size == 0:
+                n_empty += 1
+                continue
+            rows.append((image_id, indices_to_rle(idx), width, height, kind,
+                         *(extra[c] for c in _EXTRA_COLUMNS)))
+            n_cells += 1
+        if n_cells:
+            to_write.append((entry, path, image_id))
+            st = per_type.setdefault(kind, {"images": 0, "cells": 0})
+            st["images"] += 1
+            st["cells"] += n_cells
+        else:
+            counts["skipped_images_without_annotations"] += 1
+        if progress is not None:
+            progress("check", len(plan))
+    return rows, per_type, to_write, n_empty
+
+
 def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
                  out: str | os.PathLike, *, cell_type: str | None = None,
                  from_filename: bool = False, from_category: bool = False,
@@ -399,43 +452,11 @@ def convert_coco(images_dir: str | os.PathLike, annotations: str | os.PathLike,
                         f"{counts['skipped_images_unmapped_type']})")
 
     # Pass 1, nothing written yet: image sizes from the file headers, every mask decoded.
-    rows: list[tuple] = []
-    per_type: dict[str, dict[str, int]] = {}
-    to_write: list[tuple[dict[str, Any], Path, str]] = []
-    n_empty = n_rescaled = 0
-    for key, entry, path, image_id, kind in plan:
-        where = f"image id {entry['id']!r} ({entry['file_name']})"
-        height, width = int(entry["height"]), int(entry["width"])
-        file_h, file_w = image_size(path)
-        if (file_h, file_w) != (height, width):
-            raise CocoError(f"{where}: file {path} is {file_w}x{file_h} (width x height) but "
-                            f"the COCO entry says {width}x{height}")
-        extra = {c: entry.get(c, "") for c in _EXTRA_COLUMNS}
-        extra = {c: ("" if v is None else str(v)) for c, v in extra.items()}
-        if not extra["sample_id"]:
-            extra["sample_id"] = image_id
-        n_cells = 0
-        for ann in per_image[key]:
-            idx = segmentation_indices(ann["segmentation"], (height, width),
-                                       f"annotation id {ann['id']!r} (image id "
-                                       f"{entry['id']!r})")
-            if idx.size == 0:
-                n_empty += 1
-                continue
-            rows.append((image_id, indices_to_rle(idx), width, height, kind,
-                         *(extra[c] for c in _EXTRA_COLUMNS)))
-            n_cells += 1
-        if n_cells:
-            to_write.append((entry, path, image_id))
-            st = per_type.setdefault(kind, {"images": 0, "cells": 0})
-            st["images"] += 1
-            st["cells"] += n_cells
-        else:
-            counts["skipped_images_without_annotations"] += 1
-        if progress is not None:
-            progress("check", len(plan))
+    rows, per_type, to_write, n_empty = _check_images_and_masks(plan, per_image, counts,
+                                                               progress)
     if not rows:
         raise CocoError(f"{annotations}: every mask is empty; nothing to write")
+    n_rescaled = 0
 
     # Pass 2: the images (8-bit PNG), then train.csv and source.json last, all in a temporary
     # sibling of ``out`` that replaces it only when complete (an --overwrite that fails on a

@@ -107,6 +107,25 @@ def _find_image(image_id: str, dirs: list[Path]) -> Path | None:
     return next((d / f"{image_id}.png" for d in dirs if (d / f"{image_id}.png").is_file()), None)
 
 
+def _write_scores(result: Evaluation, out_dir: Path, sub_name: str, truth_csv: Path,
+                  n_images: int, n_missing: int) -> list[Path]:
+    """The per-image scores, the per-type summary (CSV) and the summary page (markdown),
+    each written atomically; returns their paths."""
+    with fileio.atomic_path(out_dir / SCORES_FILE) as tmp:
+        result.table.to_csv(tmp, index=False, float_format="%.6f")
+    with fileio.atomic_path(out_dir / SUMMARY_CSV) as tmp:
+        result.summary.rename_axis("cell_type").to_csv(tmp, float_format="%.6f")
+    header = (f"# Evaluation of {sub_name}\n\nTruth: {truth_csv} ({n_images} images"
+              + (f"; {n_missing} without any prediction row, scored 0" if n_missing else "")
+              + ").\n\nScore = mean over images of the mean precision over IoU thresholds "
+              "0.50-0.95.\n\n")
+    fileio.write_text(out_dir / SUMMARY_MD, header + result.markdown
+                      + f"\n\nError analysis (misses, merges, splits, by size): "
+                      f"{ERRORS_SUMMARY_MD}, per image {ERRORS_FILE}, IoU histogram "
+                      f"{IOU_HIST}.\n")
+    return [out_dir / SCORES_FILE, out_dir / SUMMARY_CSV, out_dir / SUMMARY_MD]
+
+
 def evaluate_submission(
     submission: pd.DataFrame | str | os.PathLike,
     truth_csv: str | os.PathLike,
@@ -192,20 +211,8 @@ def evaluate_submission(
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with fileio.atomic_path(out_dir / SCORES_FILE) as tmp:
-        table.to_csv(tmp, index=False, float_format="%.6f")
-    with fileio.atomic_path(out_dir / SUMMARY_CSV) as tmp:
-        summary.rename_axis("cell_type").to_csv(tmp, float_format="%.6f")
     n_missing = len(set(rows_of) - set(pred_rows))
-    header = (f"# Evaluation of {sub_name}\n\nTruth: {truth_csv} ({len(rows_of)} images"
-              + (f"; {n_missing} without any prediction row, scored 0" if n_missing else "")
-              + ").\n\nScore = mean over images of the mean precision over IoU thresholds "
-              "0.50-0.95.\n\n")
-    fileio.write_text(out_dir / SUMMARY_MD, header + markdown
-                      + f"\n\nError analysis (misses, merges, splits, by size): "
-                      f"{ERRORS_SUMMARY_MD}, per image {ERRORS_FILE}, IoU histogram "
-                      f"{IOU_HIST}.\n")
-    result.files += [out_dir / SCORES_FILE, out_dir / SUMMARY_CSV, out_dir / SUMMARY_MD]
+    result.files += _write_scores(result, out_dir, sub_name, truth_csv, len(rows_of), n_missing)
     result.files += _write_errors(result, out_dir, sub_name, truth_csv, cell_types)
     if n_overlays > 0:
         result.files += _write_overlays(table, out_dir / OVERLAY_DIRNAME, n_overlays,

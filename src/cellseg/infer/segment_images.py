@@ -336,6 +336,72 @@ def _compact(labels: np.ndarray, confidence: np.ndarray) -> tuple[np.ndarray, np
     return labels, conf.astype(np.float32)
 
 
+def _tile_batches(tiles: list[tuple[Span, Span]], batch: int
+                  ) -> list[list[tuple[Span, Span]]]:
+    """Consecutive tiles in batches of equal shape (the last row / column of tiles may be a
+    little longer), at most ``batch`` per batch."""
+    batches: list[list[tuple[Span, Span]]] = []
+    for rc in tiles:
+        shape = (rc[0].stop - rc[0].start, rc[1].stop - rc[1].start)
+        last = batches[-1] if batches else None
+        if (last is None or len(last) == batch
+                or (last[0][0].stop - last[0][0].start, last[0][1].stop - last[0][1].start)
+                != shape):
+            batches.append([rc])
+        else:
+            last.append(rc)
+    return batches
+
+
+def _paste_tile(labels: np.ndarray, tl: np.ndarray, body: np.ndarray, r: Span, c: Span,
+                next_id: int) -> tuple[np.ndarray, int] | None:
+    """Paste one tile's cells into ``labels`` (in place) as ids ``next_id, next_id + 1, ...``.
+
+    A tile keeps the cells whose centre lies in its core; a cell mostly pasted already by a
+    neighbouring tile is the same cell and is skipped. Returns ``(each pasted cell's mean
+    body probability, how many pasted cells touch an inner tile edge)``, or None when the
+    tile has no cell.
+    """
+    n = int(tl.max())
+    if n == 0:
+        return None
+    h, w = labels.shape
+    flat = tl.ravel()
+    tw = tl.shape[1]
+    area = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    yy, xx = np.divmod(np.arange(flat.size), tw)
+    cy = np.bincount(flat, weights=yy, minlength=n + 1) / np.maximum(area, 1)
+    cx = np.bincount(flat, weights=xx, minlength=n + 1) / np.maximum(area, 1)
+    body_sum = np.bincount(flat, weights=body.ravel(), minlength=n + 1)
+    gy, gx = cy + r.start, cx + c.start
+    keep = ((gy >= r.core_lo) & (gy < r.core_hi) & (gx >= c.core_lo)
+            & (gx < c.core_hi) & (area > 0))
+    keep[0] = False
+    # Cells on an inner tile edge were seen only in part by this tile.
+    edge_ids: list[np.ndarray] = []
+    if r.start > 0:
+        edge_ids.append(tl[0])
+    if r.stop < h:
+        edge_ids.append(tl[-1])
+    if c.start > 0:
+        edge_ids.append(tl[:, 0])
+    if c.stop < w:
+        edge_ids.append(tl[:, -1])
+    on_edge = np.zeros(n + 1, bool)
+    if edge_ids:
+        on_edge[np.concatenate(edge_ids)] = True
+    region = labels[r.start:r.stop, c.start:c.stop]
+    taken = np.bincount(flat, weights=(region.ravel() > 0), minlength=n + 1)
+    keep &= taken <= 0.5 * area
+    ids = np.flatnonzero(keep)
+    lut = np.zeros(n + 1, np.int32)
+    lut[ids] = np.arange(next_id, next_id + ids.size, dtype=np.int32)
+    mapped = lut[tl]
+    free = (mapped > 0) & (region == 0)
+    region[free] = mapped[free]
+    return (body_sum[ids] / area[ids]).astype(np.float32), int((keep & on_edge).sum())
+
+
 def segment_array(
     ens: Any,
     image: np.ndarray,
@@ -379,17 +445,7 @@ def segment_array(
     rows = tile_spans(h, tile, overlap, multiple)
     cols = tile_spans(w, tile, overlap, multiple)
     tiles = [(r, c) for r in rows for c in cols]
-    # Batches of equal-shape tiles (the last row / column may be a little longer).
-    batches: list[list[tuple[Span, Span]]] = []
-    for rc in tiles:
-        shape = (rc[0].stop - rc[0].start, rc[1].stop - rc[1].start)
-        last = batches[-1] if batches else None
-        if (last is None or len(last) == batch
-                or (last[0][0].stop - last[0][0].start, last[0][1].stop - last[0][1].start)
-                != shape):
-            batches.append([rc])
-        else:
-            last.append(rc)
+    batches = _tile_batches(tiles, batch)
     labels = np.zeros(model_shape, np.int32)
     conf_parts: list[np.ndarray] = [np.zeros(1, np.float32)]
     next_id = 1
@@ -412,47 +468,12 @@ def segment_array(
                 tl = ens.decode(probs[k], kind)
                 timing["decode"] += time.perf_counter() - t
                 t = time.perf_counter()
-                n = int(tl.max())
-                if n == 0:
-                    timing["stitch"] += time.perf_counter() - t
-                    continue
-                flat = tl.ravel()
-                tw = tl.shape[1]
-                area = np.bincount(flat, minlength=n + 1).astype(np.float64)
-                yy, xx = np.divmod(np.arange(flat.size), tw)
-                cy = np.bincount(flat, weights=yy, minlength=n + 1) / np.maximum(area, 1)
-                cx = np.bincount(flat, weights=xx, minlength=n + 1) / np.maximum(area, 1)
-                body = np.bincount(flat, weights=probs[k][..., 0].ravel(), minlength=n + 1)
-                gy, gx = cy + r.start, cx + c.start
-                keep = ((gy >= r.core_lo) & (gy < r.core_hi) & (gx >= c.core_lo)
-                        & (gx < c.core_hi) & (area > 0))
-                keep[0] = False
-                # Cells on an inner tile edge were seen only in part by this tile.
-                edge_ids: list[np.ndarray] = []
-                if r.start > 0:
-                    edge_ids.append(tl[0])
-                if r.stop < h:
-                    edge_ids.append(tl[-1])
-                if c.start > 0:
-                    edge_ids.append(tl[:, 0])
-                if c.stop < w:
-                    edge_ids.append(tl[:, -1])
-                on_edge = np.zeros(n + 1, bool)
-                if edge_ids:
-                    on_edge[np.concatenate(edge_ids)] = True
-                region = labels[r.start:r.stop, c.start:c.stop]
-                # A cell mostly pasted already by a neighbouring tile is the same cell.
-                taken = np.bincount(flat, weights=(region.ravel() > 0), minlength=n + 1)
-                keep &= taken <= 0.5 * area
-                cut += int((keep & on_edge).sum())
-                ids = np.flatnonzero(keep)
-                lut = np.zeros(n + 1, np.int32)
-                lut[ids] = np.arange(next_id, next_id + ids.size, dtype=np.int32)
-                mapped = lut[tl]
-                free = (mapped > 0) & (region == 0)
-                region[free] = mapped[free]
-                conf_parts.append((body[ids] / area[ids]).astype(np.float32))
-                next_id += ids.size
+                pasted = _paste_tile(labels, tl, probs[k][..., 0], r, c, next_id)
+                if pasted is not None:
+                    conf, n_cut = pasted
+                    conf_parts.append(conf)
+                    next_id += conf.size
+                    cut += n_cut
                 timing["stitch"] += time.perf_counter() - t
             del probs
             if bar is not None:
