@@ -1,3 +1,3 @@
-"""Stage 7, evaluation: the competition metric, error analysis, submission scoring, figures and
-the experiment report.
+"""Stage 7, evaluation: a submission scored against truth, and the experiment report. The metric
+and the error analysis themselves sit below the stages (:mod:`cellseg.metrics`).
 """

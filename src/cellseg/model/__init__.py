@@ -1,3 +1,4 @@
-"""Stage 2, model: the Attention UNet++ network, its training targets and losses, and the whole-
-image cell-type classifier.
+"""Stage 2, model: the Attention UNet++ network, loading it and running it on images (normalise,
+pad, heads, TTA), its training targets, losses and schedules, and the whole-image cell-type
+classifier.
 """

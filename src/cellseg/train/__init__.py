@@ -1,3 +1,3 @@
-"""Stage 3, training one fold: augmented batches, the training loop and its callbacks, out-of-fold
+"""Stage 4, training one fold: augmented batches, the training loop and its callbacks, out-of-fold
 (OOF) maps for tuning.
 """
