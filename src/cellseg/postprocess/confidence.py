@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -128,11 +129,12 @@ def cell_features(labels: np.ndarray, probs: np.ndarray, image: np.ndarray | Non
     X[:, col["seed_peak"]] = ndimage.maximum(body * (1.0 - border), labels, ids)
     X[:, col["border_mean"]] = ndimage.mean(border, labels, ids)
     outline = np.where(find_boundaries(labels, mode="inner"), labels, 0)
-    X[:, col["border_outline"]] = np.nan_to_num(ndimage.mean(border, outline, ids))
-    X[:, col["body_outline"]] = np.nan_to_num(ndimage.mean(body, outline, ids))
     grown = expand_labels(labels, RING_PX)
     ring = np.where(labels == 0, grown, 0)
-    X[:, col["body_ring"]] = np.nan_to_num(ndimage.mean(body, ring, ids))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a cell with no ring: NaN -> 0
+        X[:, col["border_outline"]] = np.nan_to_num(ndimage.mean(border, outline, ids))
+        X[:, col["body_outline"]] = np.nan_to_num(ndimage.mean(body, outline, ids))
+        X[:, col["body_ring"]] = np.nan_to_num(ndimage.mean(body, ring, ids))
     # Neighbours: distinct other labels within the ring's reach (dilate each cell by RING_PX
     # and look at which labels its grown ring touches in the original image).
     X[:, col["n_neighbours"]] = _touching_counts(labels, ids)
@@ -144,7 +146,8 @@ def cell_features(labels: np.ndarray, probs: np.ndarray, image: np.ndarray | Non
         inside_mean = ndimage.mean(img, labels, ids)
         X[:, col["contrast"]] = np.sqrt(np.maximum(
             ndimage.mean(img * img, labels, ids) - inside_mean ** 2, 0.0)) / scale
-        ring_mean = ndimage.mean(img, ring, ids)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ring_mean = ndimage.mean(img, ring, ids)
         X[:, col["contrast_ring"]] = np.nan_to_num(np.abs(inside_mean - ring_mean)) / scale
     props = regionprops(labels)
     by_id = {p.label: p for p in props}
@@ -266,7 +269,7 @@ class CellConfidence:
         with _one_thread():
             self.model.fit(X, y)
         self.fitted = True
-        self.record.update(n_cells=int(len(y)), n_positive=int(y.sum()),
+        self.record.update(n_cells=len(y), n_positive=int(y.sum()),
                            features=list(FEATURE_NAMES))
         return self
 
@@ -345,14 +348,14 @@ class CellConfidence:
                                        f"{list(FEATURE_NAMES)}")
         try:
             untrusted = sio.get_untrusted_types(file=path)
-        except Exception as exc:  # not a zip / not a skops archive (e.g. a pickle)
+        except (zipfile.BadZipFile, OSError, KeyError, ValueError) as exc:  # e.g. a pickle
             raise ConfidenceModelError(f"{path}: not a skops model file ({exc})") from None
         unknown = sorted(set(untrusted) - set(TRUSTED_TYPES))
         if unknown:
             raise ConfidenceModelError(f"{path}: refuses to load untrusted type(s) {unknown}")
         try:
             model = sio.load(path, trusted=list(TRUSTED_TYPES))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure inside skops: refuse the file
             raise ConfidenceModelError(f"{path}: could not load ({exc})") from None
         if not isinstance(model, HistGradientBoostingClassifier):
             raise ConfidenceModelError(f"{path}: holds a {type(model).__name__}, not a "
