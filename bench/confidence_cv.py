@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", default="0,1", help="its folds (default 0,1)")
     p.add_argument("--n-trials", type=int, default=None, help="Optuna trials per half")
     p.add_argument("--seed", type=int, default=0, help="the classifier's random_state")
+    p.add_argument("--tune-seeds", default=None, help="Optuna seeds of the held-out decoding, "
+                   "comma-separated (default: the config's tune.seed, as real_cv); the first "
+                   "gives the detailed tables, all of them the table across seeds")
     p.add_argument("--save", default=None, help="where to save the model fitted on every "
                    "image (default output/confidence/<exp>/confidence.skops)")
     p.add_argument("--name", default="confidence_cv", help="results file stem")
@@ -154,54 +157,15 @@ def choose(kind: str, others: list[tuple[ImageCells, Any]]) -> float:
     return GRIDS[kind][int(np.argmax(np.round(means, 9)))]
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if not (REAL_SUBSET / "train.csv").is_file():
-        print(f"confidence_cv: skipped: no labelled real data at {REAL_SUBSET}")
-        return 0
+def evaluate(cells: list[ImageCells], clf_seed: int) -> dict[str, Any]:
+    """Cross-fit, choose cut-offs held out, score: the tables of one held-out decoding."""
     import numpy as np
     import pandas as pd
-    import sklearn
     from sklearn.metrics import roc_auc_score
 
-    from cellseg.data.dataset import TrainData
-    from cellseg.experiment import resolve_config
-    from cellseg.postprocess.confidence import (
-        FEATURE_NAMES,
-        CellConfidence,
-        cross_fit_groups,
-        ids_hash,
-    )
-    from cellseg.postprocess.decode import decode_with_params
-    from cellseg.train import oof
-    from cellseg.tune.eval_sets import load_eval_sets
+    from cellseg.postprocess.confidence import CellConfidence, cross_fit_groups
 
-    started = start_info()
     timings: dict[str, float] = {}
-    t0 = time.time()
-    cfg, exp_dir, _ = resolve_config(args.config, args.overrides, exp=args.exp,
-                                     config_explicit=True)
-    folds = [int(k) for k in args.folds.split(",")]
-    if not all((exp_dir / f"fold{k}" / "best.keras").is_file() for k in folds):
-        print(f"confidence_cv: skipped: {exp_dir} has no trained folds {folds}")
-        return 0
-    n_trials = args.n_trials or cfg.tune.n_trials
-    data = TrainData(cfg.data.root)
-    sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
-    held = held_out_tuning(sets, cfg, n_trials, cfg.tune.seed)
-    timings["held_out_tuning_s"] = time.time() - t0
-
-    t0 = time.time()
-    cells: list[ImageCells] = []
-    for cell_type, es in sets.items():
-        if cell_type not in held:
-            continue
-        for i, image_id in enumerate(es.ids):
-            probs = oof.dequantize(es.inputs[i])
-            labels = decode_with_params(probs, held[cell_type]["params"][i])
-            cells.append(ImageCells(image_id, cell_type, es.folds[i], es.truths[i], labels,
-                                    probs, data.load_image(image_id)))
-    timings["decode_and_features_s"] = time.time() - t0
     n_img = len(cells)
     by_id = {c.id: k for k, c in enumerate(cells)}
     X = np.concatenate([c.X for c in cells])
@@ -209,14 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     group = np.concatenate([[c.id] * c.n for c in cells])
     print(f"{n_img} images, {len(y)} decoded cells, {y.mean():.3f} matched at IoU 0.5",
           flush=True)
-
     # Outer cross-fit: leave one image out.
     t0 = time.time()
     outer: dict[str, np.ndarray] = {}
     n_fits = 0
     for g, train, test in cross_fit_groups(group):
         assert g not in set(group[train])
-        model = CellConfidence(random_state=args.seed).fit(X[train], y[train])
+        model = CellConfidence(random_state=clf_seed).fit(X[train], y[train])
         n_fits += 1
         outer[g] = model.predict_proba(X[test])
     # Inner (nested) cross-fit: for test image i, every other image j of its type scored by a
@@ -227,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             if cj.id == ci.id or cj.cell_type != ci.cell_type:
                 continue
             train = (group != ci.id) & (group != cj.id)
-            model = CellConfidence(random_state=args.seed).fit(X[train], y[train])
+            model = CellConfidence(random_state=clf_seed).fit(X[train], y[train])
             n_fits += 1
             inner[(ci.id, cj.id)] = model.predict_proba(cj.X)
     timings["cross_fit_s"] = time.time() - t0
@@ -249,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             s, miou = c.score(keep)
             row.update({kind: s, f"{kind}_iou": miou, f"{kind}_value": v,
                         f"{kind}_dropped": int((~keep).sum())})
+        row["auc"] = (float(roc_auc_score(c.y, p)) if 0 < c.y.mean() < 1 else float("nan"))
         rows.append(row)
     table = pd.DataFrame(rows)
     # In-sample best cut-off per type on the cross-fitted confidences (optimistic).
@@ -296,6 +260,73 @@ def main(argv: list[str] | None = None) -> int:
             "images_better": int((grp["cutoff"] > grp["baseline"] + 1e-9).sum()),
             "images_worse": int((grp["cutoff"] < grp["baseline"] - 1e-9).sum()),
         })
+    return {"summary": summary, "table": table, "insample_cut": insample_cut,
+            "timings": timings, "n_fits": n_fits, "X": X, "y": y}
+
+
+def decode_cells(sets: dict, data: Any, held: dict) -> list[ImageCells]:
+    """Every OOF image decoded with its held-out parameters, with its cells' features."""
+    from cellseg.postprocess.decode import decode_with_params
+    from cellseg.train import oof
+
+    cells: list[ImageCells] = []
+    for cell_type, es in sets.items():
+        if cell_type not in held:
+            continue
+        for i, image_id in enumerate(es.ids):
+            probs = oof.dequantize(es.inputs[i])
+            labels = decode_with_params(probs, held[cell_type]["params"][i])
+            cells.append(ImageCells(image_id, cell_type, es.folds[i], es.truths[i], labels,
+                                    probs, data.load_image(image_id)))
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not (REAL_SUBSET / "train.csv").is_file():
+        print(f"confidence_cv: skipped: no labelled real data at {REAL_SUBSET}")
+        return 0
+    import numpy as np
+    import pandas as pd
+    import sklearn
+
+    from cellseg.data.dataset import TrainData
+    from cellseg.experiment import resolve_config
+    from cellseg.postprocess.confidence import FEATURE_NAMES, CellConfidence, ids_hash
+    from cellseg.tune.eval_sets import load_eval_sets
+
+    started = start_info()
+    cfg, exp_dir, _ = resolve_config(args.config, args.overrides, exp=args.exp,
+                                     config_explicit=True)
+    folds = [int(k) for k in args.folds.split(",")]
+    if not all((exp_dir / f"fold{k}" / "best.keras").is_file() for k in folds):
+        print(f"confidence_cv: skipped: {exp_dir} has no trained folds {folds}")
+        return 0
+    n_trials = args.n_trials or cfg.tune.n_trials
+    tune_seeds = ([int(s) for s in args.tune_seeds.split(",")] if args.tune_seeds
+                  else [cfg.tune.seed])
+    data = TrainData(cfg.data.root)
+    sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
+    runs = []
+    for tune_seed in tune_seeds:
+        print(f"held-out decoding, Optuna seed {tune_seed}", flush=True)
+        t0 = time.time()
+        held = held_out_tuning(sets, cfg, n_trials, tune_seed)
+        t_tune = time.time() - t0
+        t0 = time.time()
+        cells = decode_cells(sets, data, held)
+        t_feat = time.time() - t0
+        res = evaluate(cells, args.seed)
+        res["timings"] = {"held_out_tuning_s": t_tune, "decode_and_features_s": t_feat,
+                          **res["timings"]}
+        res.update(tune_seed=tune_seed, cells=cells)
+        runs.append(res)
+    first = runs[0]
+    summary, table, insample_cut = first["summary"], first["table"], first["insample_cut"]
+    timings, n_fits, X, y, cells = (first["timings"], first["n_fits"], first["X"],
+                                    first["y"], first["cells"])
+    n_img = len(cells)
+
 
     # The final model on every image, saved with its record (format demonstration).
     t0 = time.time()
@@ -323,7 +354,14 @@ def main(argv: list[str] | None = None) -> int:
               r["cutoff_in_sample"], r["perfect_filter"], r["auc"], r["auc_per_image_mean"],
               r["iou_baseline"], r["iou_cutoff"],
               f"{r['images_better']}/{r['images_worse']}"] for r in summary]
-    img_cols = ["id", "cell_type", "fold", "cells", "matched", "baseline", "cutoff",
+    seed_cols = ["baseline", "cutoff", "delta", "delta_fraction", "delta_low_body",
+                 "cutoff_in_sample", "perfect_filter", "auc"]
+    seeds = pd.DataFrame([{"tune_seed": r["tune_seed"], "cell_type": s["cell_type"],
+                           **{k: s[k] for k in seed_cols}} for r in runs for s in r["summary"]])
+    seed_mean = seeds.groupby("cell_type", sort=False)[seed_cols].mean().reset_index()
+    seed_mean.insert(0, "tune_seed", "mean")
+    seed_table = pd.concat([seeds, seed_mean], ignore_index=True)
+    img_cols = ["id", "cell_type", "fold", "cells", "matched", "auc", "baseline", "cutoff",
                 "cutoff_value", "cutoff_dropped", "fraction", "fraction_value",
                 "low_body_cutoff", "low_body_cutoff_value", "perfect_filter"]
     shown = path.relative_to(REPO) if path.is_relative_to(REPO) else path
@@ -335,6 +373,11 @@ def main(argv: list[str] | None = None) -> int:
             f"a grid chosen on the other images of the type with nested leave-one-out "
             f"confidences ({n_fits} fits in all).\n\n"
             + markdown_table(headers, trows, digits=4)
+            + f"\n\nAcross Optuna seeds of the held-out decoding {tune_seeds} (the first is "
+            "the table above; `delta*` = filtered minus baseline, held out; `delta` = the "
+            "cut-off, `delta_fraction` = drop fraction q, `delta_low_body` = cut-off on "
+            "low-body cells):\n\n"
+            + markdown_table(list(seed_table.columns), seed_table.to_numpy().tolist(), digits=4)
             + "\n\nPer image (held-out decoding; `*_value` = the cut-off or fraction chosen "
             "without the image):\n\n"
             + markdown_table(img_cols, table[img_cols].to_numpy().tolist(), digits=3)
@@ -363,12 +406,15 @@ def main(argv: list[str] | None = None) -> int:
     report = make_report(args.name, {"exp": args.exp, "exp_dir": str(exp_dir),
                                      "folds": folds, "n_trials": n_trials,
                                      "config": args.config, "overrides": args.overrides,
-                                     "seed": args.seed, "cross_fit": "leave-one-image-out",
+                                     "seed": args.seed, "tune_seeds": tune_seeds,
+                                     "cross_fit": "leave-one-image-out",
                                      "cutoff_choice": "grid on the other images of the type, "
                                      "nested leave-one-out confidences"},
                          {"summary": summary,
                           "per_image": table.replace({np.nan: None}).to_dict("records"),
                           "cutoffs_in_sample": insample_cut, "timings": timings,
+                          "across_tune_seeds": seed_table.to_dict("records"),
+                          "timings_per_seed": [r["timings"] for r in runs],
                           "model": str(path), "features": list(FEATURE_NAMES)},
                          notes=notes, started=started)
     json_path, md_path = write_results(args.name, report, body,
