@@ -41,7 +41,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, make_report, markdown_table, start_info, write_results
+from common import REPO, make_report, markdown_table, now_iso, start_info, write_results
 from real_cv import REAL_SUBSET, held_out_tuning
 
 GRID_CUTOFF = [round(0.05 * k, 2) for k in range(19)]  # 0.0 .. 0.9
@@ -335,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     final = CellConfidence(random_state=args.seed).fit(X, y)
     path = final.save(save, experiment=str(exp_dir), folds=folds,
                       image_ids_hash=ids_hash(c.id for c in cells), n_images=n_img,
+                      image_ids=sorted(c.id for c in cells), date=now_iso(),
+                      decoding=f"held-out tuned, Optuna seed {tune_seeds[0]}",
                       cutoffs_in_sample=insample_cut, trained_by="bench/confidence_cv.py",
                       label="matches a true cell at IoU > 0.5 (held-out tuned decoding)")
     again = CellConfidence.load(path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -360,6 +361,12 @@ class CellConfidence:
         if not isinstance(model, HistGradientBoostingClassifier):
             raise ConfidenceModelError(f"{path}: holds a {type(model).__name__}, not a "
                                        f"HistGradientBoostingClassifier")
+        import sklearn
+
+        if record.get("sklearn") != sklearn.__version__:
+            warnings.warn(f"{path}: saved with scikit-learn {record.get('sklearn')}, loaded "
+                          f"with {sklearn.__version__}; refit it if its scores look off",
+                          stacklevel=2)
         out = cls(random_state=record.get("random_state", 0), record=record,
                   **record.get("params", {}))
         out.model = model
