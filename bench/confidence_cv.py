@@ -2,6 +2,7 @@
 
     python bench/confidence_cv.py --exp base --set output_dir=/work/exp_base/output
     python bench/confidence_cv.py --exp real_cv                  # after bench/real_cv.py
+    python bench/confidence_cv.py --collect confidence_cv,confidence_cv_e1 --name confidence_cv_all
 
 Same OOF maps and the same held-out decoding as ``bench/real_cv.py``: per type, Optuna tunes
 the decoder on half of the OOF images and decodes the other half, both ways
@@ -65,7 +66,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--save", default=None, help="where to save the model fitted on every "
                    "image (default output/confidence/<exp>/confidence.skops)")
     p.add_argument("--name", default="confidence_cv", help="results file stem")
+    p.add_argument("--collect", default=None, metavar="STEM[,STEM...]",
+                   help="no computation: put the per-type deltas of earlier results "
+                   "(bench/results/<STEM>.json) side by side in results/<--name>.{md,json}")
     return p.parse_args(argv)
+
+
+def collect(args: argparse.Namespace) -> int:
+    """Side-by-side table of earlier confidence_cv results (one row per run and type)."""
+    import json
+
+    from common import RESULTS_DIR
+
+    started = start_info()
+    headers = ["results", "exp", "cell type", "images", "baseline (held out)",
+               "cut-off: delta ± SE", "drop fraction q: delta", "low-body cut-off: delta ± SE",
+               "cut-off in-sample: delta", "perfect filter: delta", "AUC"]
+    rows, records = [], []
+    for stem in args.collect.split(","):
+        report = json.loads((RESULTS_DIR / f"{stem}.json").read_text())
+        exp = report["params"]["exp"]
+        for r in report["results"]["summary"]:
+            rows.append([stem, exp, r["cell_type"], r["images"], r["baseline"],
+                         f"{r['delta']:+.4f} ± {r['delta_se']:.4f}", r["delta_fraction"],
+                         f"{r['delta_low_body']:+.4f} ± {r['delta_low_body_se']:.4f}",
+                         r["cutoff_in_sample"] - r["baseline"],
+                         r["perfect_filter"] - r["baseline"], r["auc"]])
+            records.append({"results": stem, "exp": exp, **r})
+    body = ("Per-type deltas (filtered minus baseline, both held out) of "
+            + ", ".join(f"`{s}`" for s in args.collect.split(","))
+            + " (each file has the protocol, the per-image table and the timings).\n\n"
+            + markdown_table(headers, rows, digits=4) + "\n")
+    report = make_report(args.name, {"collect": args.collect}, {"rows": records},
+                         notes=[("Same 16 out-of-fold images in every run; the networks "
+                                "differ (issue 22's steps), so the runs are not independent "
+                                "samples of the images.")], started=started)
+    json_path, md_path = write_results(args.name, report, body,
+                                       title="Per-cell confidence across networks "
+                                             "(bench/confidence_cv.py --collect)")
+    print(body)
+    print(f"wrote {md_path} and {json_path}")
+    return 0
 
 
 class ImageCells:
@@ -283,6 +324,8 @@ def decode_cells(sets: dict, data: Any, held: dict) -> list[ImageCells]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.collect:
+        return collect(args)
     if not (REAL_SUBSET / "train.csv").is_file():
         print(f"confidence_cv: skipped: no labelled real data at {REAL_SUBSET}")
         return 0
