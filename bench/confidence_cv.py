@@ -118,7 +118,7 @@ class ImageCells:
                  probs: Any, image: Any) -> None:
         import numpy as np
 
-        from cellseg.evaluate.metric import overlap
+        from cellseg.metrics.score import overlap
         from cellseg.postprocess.confidence import cell_features, match_labels
 
         self.id, self.cell_type, self.fold = image_id, cell_type, fold
@@ -147,7 +147,7 @@ class ImageCells:
         import numpy as np
 
         from cellseg.constants import IOU_THRESHOLDS
-        from cellseg.evaluate.metric import MatchResult, match_candidates
+        from cellseg.metrics.score import MatchResult, match_candidates
 
         keep = np.asarray(keep, bool)
         m = keep[self.cols]
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     import pandas as pd
     import sklearn
 
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
     from cellseg.experiment import resolve_config
     from cellseg.postprocess.confidence import FEATURE_NAMES, CellConfidence, ids_hash
     from cellseg.tune.eval_sets import load_eval_sets

@@ -4,12 +4,15 @@ A small scikit-learn model (:class:`sklearn.ensemble.HistGradientBoostingClassif
 each cell of a decoded label image from features of the cell, the network's probability maps
 and the image (:func:`cell_features`, columns :data:`FEATURE_NAMES`). Its training label is
 whether the cell matches a true cell at IoU >= 0.5 (:func:`match_labels`, the metric's own
-matching: :func:`cellseg.evaluate.error_analysis.error_analysis`, strictly IoU > 0.5 as the
+matching: :func:`cellseg.metrics.error_analysis.error_analysis`, strictly IoU > 0.5 as the
 competition counts it).
 
 Training must be cross-fitted (:func:`cross_fit_groups`): no image is scored by a model that
 saw its cells. ``bench/confidence_cv.py`` measures whether a cut-off on this probability raises
-the held-out score.
+the held-out score. Measured on the real subset (bench/results/confidence_cv.md, 2026-12-05):
++0.009 overall held out, but astro -0.009 and, on other networks, shsy5y down to -0.024; only
+cort gains every time (+0.01). So **infer, segment and the package do not use it**: it stays a
+measured tool until a per-type filter is confirmed on more folds (issue 22 item 4).
 
 Model files: ``skops.io`` (``.skops``, a zip of JSON and arrays; loading executes no pickled
 code) with an explicit list of trusted types (:data:`TRUSTED_TYPES`); a file holding any other
@@ -186,10 +189,10 @@ def match_labels(truth: Any, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray
     """Training labels: for each decoded cell (sorted ids), 1 if it matches a true cell at
     IoU 0.5 (the metric's one-to-one matching, IoU > 0.5), else 0.
 
-    Uses :func:`cellseg.evaluate.error_analysis.error_analysis` (the metric's matching), so
+    Uses :func:`cellseg.metrics.error_analysis.error_analysis` (the metric's matching), so
     the rule is exactly the one the score counts. Returns ``(ids, y)``.
     """
-    from cellseg.evaluate.error_analysis import error_analysis
+    from cellseg.metrics.error_analysis import error_analysis
 
     rec = error_analysis(truth, labels)
     return np.asarray(rec.pred_ids), rec.pred_matched.astype(np.int64)
