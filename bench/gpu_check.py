@@ -202,6 +202,7 @@ def segment_speed(cfg: Any, model: Any, megapixels: float, out: Path) -> dict[st
     import math
 
     import cv2
+    import numpy as np
 
     from cellseg.config import save_config
     from cellseg.data.synthetic import make_image
@@ -213,9 +214,9 @@ def segment_speed(cfg: Any, model: Any, megapixels: float, out: Path) -> dict[st
     model.save(exp_dir / "fold0" / "best.keras")
     save_config(cfg, exp_dir / "fold0" / "config.yaml")
     (exp_dir / "fold0" / "result.json").write_text("{}")  # a finished fold for the loader
-    w = int(round(math.sqrt(megapixels * 1e6 * 4 / 3)))
-    h = int(round(megapixels * 1e6 / w))
-    img, _ = make_image("shsy5y", __import__("numpy").random.default_rng(1), h, w)
+    w = round(math.sqrt(megapixels * 1e6 * 4 / 3))
+    h = round(megapixels * 1e6 / w)
+    img, _ = make_image("shsy5y", np.random.default_rng(1), h, w)
     files = []
     for i in range(2):
         f = out / f"segment_in_{i}.png"
@@ -259,16 +260,16 @@ def markdown(report: dict[str, Any]) -> str:
     s = r.get("segment")
     if s:
         body += ["## Segment (run_segment, float32 model, config TTA and heads)", "",
-                 f"{s['height']} x {s['width']} px ({s['megapixels']:.2f} MP), TTA "
-                 f"{','.join(s['tta'])}, heads {s['heads']}: **{s['s_per_megapixel']:.2f} s "
-                 f"per megapixel** ({s['wall_s']:.1f} s, status {s['status']}).", ""]
+                 (f"{s['height']} x {s['width']} px ({s['megapixels']:.2f} MP), TTA "
+                  f"{','.join(s['tta'])}, heads {s['heads']}: **{s['s_per_megapixel']:.2f} s "
+                  f"per megapixel** ({s['wall_s']:.1f} s, status {s['status']})."), ""]
     e = r.get("fold_estimate")
     if e:
         body += ["## One full-data fold (training only, fastest mode)", "",
-                 f"- {FULL_DATA_IMAGES} images x {e['epochs']} epochs at "
-                 f"{e['images_per_s']:.1f} images/s: **{e['full_data_h']:.2f} h**",
-                 f"- the config's epoch ({e['config_epoch_images']} crops) x {e['epochs']} "
-                 f"epochs: **{e['config_epochs_h']:.2f} h**", ""]
+                 (f"- {FULL_DATA_IMAGES} images x {e['epochs']} epochs at "
+                  f"{e['images_per_s']:.1f} images/s: **{e['full_data_h']:.2f} h**"),
+                 (f"- the config's epoch ({e['config_epoch_images']} crops) x {e['epochs']} "
+                  f"epochs: **{e['config_epochs_h']:.2f} h**"), ""]
     return "\n".join(body)
 
 
@@ -328,12 +329,12 @@ def main(argv: list[str] | None = None) -> int:
             best = max(r["images_per_s"] for r in results["training"])
             results["fold_estimate"] = fold_estimate(cfg, full_cfg, best)
     params = {**sizes, "config": args.config, "modes": args.modes}
-    notes = ["Synthetic images (cellseg.data.synthetic), so no dataset is needed; speed "
-             "depends on image size and crop, not content.",
-             "images/s: steady-state second epoch; the first includes tracing and XLA "
-             "compilation.",
-             "Fold estimate: training steps only (no per-epoch validation scoring, OOF maps or "
-             "data loading before training)."]
+    notes = [("Synthetic images (cellseg.data.synthetic), so no dataset is needed; speed "
+              "depends on image size and crop, not content."),
+             ("images/s: steady-state second epoch; the first includes tracing and XLA "
+              "compilation."),
+             ("Fold estimate: training steps only (no per-epoch validation scoring, OOF maps or "
+              "data loading before training).")]
     if cpu_smoke:
         notes.insert(0, "No GPU was visible: CPU smoke test at tiny sizes (model widths "
                      f"{sizes['widths']}); the figures say nothing about a GPU.")

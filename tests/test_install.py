@@ -28,7 +28,7 @@ def _run(cmd: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedP
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PIP_NO_INDEX"] = "1"  # prove that no registry is needed
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run(cmd, check=False, cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

@@ -2,15 +2,16 @@
 
 Why: Fiji (deepImageJ), ilastik, QuPath and the BioImage.IO tools load models described by an
 ``rdf.yaml`` with named tensors, pre-processing, test tensors and weights, not a bare
-SavedModel. The package reuses the export's two checked files (``saved_model/`` zipped, as the
-format asks for folder weights, and ``model.onnx``); nothing is converted again.
+SavedModel. The package holds the export's network as a zipped SavedModel (the format asks
+for folder weights as a zip) and as ONNX.
 
 What the package can and cannot carry:
 
 * input ``image`` ``(batch, y, x, channel=1)``: the raw image; the format's
   ``zero_mean_unit_variance`` over ``y, x`` per image is the kit's
   :func:`cellseg.infer.maps.normalize_image` (eps only matters for flat images);
-* outputs ``probs`` (body, border) and, when the network has the head, ``cell_type``;
+* one output, ``probs`` (body, border): the weights are re-written for that output alone
+  (:func:`_probs_fn` says why the cell-type head is left out) and checked against Keras;
 * the format has no instance decoding step: the marker watershed stays outside, as for
   StarDist, and the package README's "Validation" section gives the tuned parameters per cell
   type and the exact steps (with ``cellseg`` or scikit-image).
@@ -49,6 +50,9 @@ MIN_SIZE = 64
 #: Normalisation epsilon: the kit returns zeros for std <= 1e-6; for any real image the two
 #: formulas differ by far less than the test tolerance.
 ZMUV_EPS = 1e-6
+#: SPDX id in rdf.yaml: the repository has no LICENSE file; CC0-1.0 is what package.py already
+#: declares for the same weights in the Kaggle dataset (its --license default).
+DEFAULT_LICENSE = "CC0-1.0"
 CITATIONS: tuple[dict[str, str], ...] = (
     {"text": "Zhou Z, Rahman Siddiquee MM, Tajbakhsh N, Liang J. UNet++: A Nested U-Net "
              "Architecture for Medical Image Segmentation. DLMIA 2018.",
@@ -76,24 +80,79 @@ def _test_tensors(ens: Any, shape: tuple[int, int], seed: int
     return raw, np.asarray(probs, np.float32), np.asarray(types, np.float32)
 
 
-def _onnx_output_order(path: Path) -> list[str]:
-    """The ONNX graph's outputs as ``probs`` / ``cell_type``, in the graph's order (the
-    validator's ONNX runner maps outputs by position)."""
-    import onnxruntime as ort
+def _probs_fn(ens: Any, multiple: int):
+    """The export's graph function with the ``probs`` output only.
 
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    order = []
-    for out in sess.get_outputs():
-        order.append("cell_type" if "cell_type" in out.name else "probs")
-    return order
+    Why one output: bioimage.io's TensorFlow runner (bioimageio.core 0.11) maps a SavedModel's
+    outputs to the rdf's by dict order, not by name, and that order changed between runs
+    (``cell_type`` and ``probs`` came back swapped in 2 of 7 validator runs), so a
+    second output cannot be described reliably. The cell-type head stays in the main export.
+    """
+    from cellseg.deploy.export import ensemble_fn
+
+    fn, _ = ensemble_fn(ens.models, ens.heads, multiple)
+
+    def probs_only(image):
+        return {"probs": fn(image)["probs"]}
+
+    return probs_only
+
+
+def _write_weights(ens: Any, multiple: int, pkg: Path) -> None:
+    """``pkg/saved_model.zip`` (SavedModel, zipped as the format asks for folder weights) and
+    ``pkg/model.onnx`` of :func:`_probs_fn`, written as ``cellseg.deploy.export`` writes its
+    own."""
+    import keras
+    import tensorflow as tf
+    import tf2onnx
+
+    from cellseg.deploy.export import INPUT_NAME, ONNX_OPSET, _runners
+
+    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
+    archive = keras.export.ExportArchive()
+    for r in _runners(ens.models, ens.heads)[0]:
+        archive.track(r)
+    archive.add_endpoint(name="serve", fn=_probs_fn(ens, multiple), input_signature=[spec])
+    sm = pkg / ".saved_model"
+    archive.write_out(str(sm), verbose=False)
+    _zip_folder(sm, pkg / "saved_model.zip")
+    shutil.rmtree(sm)
+    graph_fn = tf.function(_probs_fn(ens, multiple), input_signature=[spec])
+    with fileio.atomic_path(pkg / "model.onnx", suffix=".tmp.onnx") as tmp:
+        tf2onnx.convert.from_function(graph_fn, input_signature=[spec], opset=ONNX_OPSET,
+                                      output_path=str(tmp))
+
+
+def _check_weights(pkg: Path, x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Max |difference| of each weight file's ``probs`` to Keras' on ``x``; ExportError above
+    the export's tolerance."""
+    from cellseg.deploy.export import TOLERANCE, run_onnx, run_saved_model
+
+    diffs: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="bioimageio_sm_") as tmp:
+        with zipfile.ZipFile(pkg / "saved_model.zip") as zf:
+            zf.extractall(tmp)
+        runs = {"saved_model": run_saved_model(Path(tmp), x),
+                "onnx": run_onnx(pkg / "model.onnx", x)}
+    for name, out in runs.items():
+        probs = next((v for k, v in out.items() if "probs" in k), None)
+        if probs is None or probs.shape != ref.shape:
+            raise ExportError(f"bioimage.io {name} weights give "
+                              f"{ {k: v.shape for k, v in out.items()} }, expected probs "
+                              f"of shape {ref.shape}")
+        diffs[name] = float(np.abs(probs - ref).max())
+        if diffs[name] > TOLERANCE:
+            raise ExportError(f"bioimage.io {name} weights: max |difference| to Keras "
+                              f"{diffs[name]:.3g} > {TOLERANCE:g}")
+    return diffs
 
 
 def _zip_folder(folder: Path, dest: Path) -> None:
     """``folder``'s files at the root of the zip ``dest`` (written atomically, fixed order)."""
-    with fileio.atomic_path(dest, suffix=".tmp.zip") as tmp:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-            for f in sorted(p for p in folder.rglob("*") if p.is_file()):
-                zf.write(f, f.relative_to(folder).as_posix())
+    with fileio.atomic_path(dest, suffix=".tmp.zip") as tmp, \
+            zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            zf.write(f, f.relative_to(folder).as_posix())
 
 
 def _cover(raw: np.ndarray, probs: np.ndarray) -> bytes:
@@ -127,10 +186,12 @@ def _params_table(params: Mapping[str, Mapping[str, Any]]) -> str:
 def _readme(meta: Mapping[str, Any], params: Mapping[str, Mapping[str, Any]], source: str,
             with_type: bool) -> str:
     types = ", ".join(meta["cell_types"])
-    pick = (f"Pick the parameters of the image's cell type: the `cell_type` output gives the "
-            f"probabilities of ({types}); take the largest." if with_type else
-            "Pick the parameters of the image's cell type (this network has no cell-type "
-            "output; choose by hand).")
+    pick = ("Pick the parameters of the image's cell type. This package gives the maps only "
+            "(see 'Inputs and outputs'); "
+            + (f"the network's cell-type head ({types} probabilities) is the `cell_type` "
+               f"output of the full export's `model.onnx` / `saved_model/`, and "
+               f"`cellseg-infer` / `cellseg-segment` choose the type automatically."
+               if with_type else "choose the type by hand."))
     return f"""# cellseg Attention UNet++: cell body and touching-border maps
 
 Fold ensemble of experiment `{meta['experiment']}` (folds {meta['folds']}, heads
@@ -148,10 +209,14 @@ have about the training scale (median diameter
   {meta['size_multiple']} px with a generous overlap.
 * `probs`: `(batch, y, x, channel=2)` float32 probabilities: channel 0 = cell body, channel 1
   = band where two cells touch.
-{"* `cell_type`: `(batch, channel=3)` probabilities of " + types + "." if with_type else ""}
+
+The package has one output: bioimage.io's TensorFlow runner matches a SavedModel's outputs to
+the description by position, and a second output (the cell-type head) came back in either
+order, so it is left to the full export.
 
 The package holds the same network as TF SavedModel (`saved_model.zip`) and ONNX
-(`model.onnx`); both were checked against Keras (max |difference| <= {meta['tolerance']:g}).
+(`model.onnx`), written for the `probs` output alone; both were checked against Keras on the
+test image (max |difference| <= {meta['tolerance']:g}).
 No test-time augmentation is inside the graph.
 
 ## Validation
@@ -211,13 +276,6 @@ def build_rdf(meta: Mapping[str, Any], outputs: Sequence[str], tf_version: str,
                      {"type": "channel", "channel_names": ["body", "border"]}],
             "test_tensor": {"source": "test_output_probs.npy"},
         },
-        "cell_type": {
-            "id": "cell_type",
-            "description": "whole-image cell-type probabilities",
-            "axes": [{"type": "batch"},
-                     {"type": "channel", "channel_names": list(meta["cell_types"])}],
-            "test_tensor": {"source": "test_output_cell_type.npy"},
-        },
     }
     return {
         "format_version": FORMAT_VERSION,
@@ -258,52 +316,50 @@ def build_rdf(meta: Mapping[str, Any], outputs: Sequence[str], tf_version: str,
 
 
 def write_package(ens: Any, export_dir: Path, meta: Mapping[str, Any],
-                  params_doc: Mapping[str, Any], *, authors: Sequence[str] = ("cellseg",),
-                  license_id: str = "MIT", validate: bool = True, seed: int = 0,
+                  params_doc: Mapping[str, Any], *,
+                  authors: Sequence[str] = ("cellseg contributors",),
+                  license_id: str = DEFAULT_LICENSE, validate: bool = True, seed: int = 0,
                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write ``export_dir/bioimageio/`` and ``export_dir/bioimageio.zip`` from the export's
-    ``saved_model/`` and ``model.onnx``; validate the zip when ``validate``.
+    """Write ``export_dir/bioimageio/`` and ``export_dir/bioimageio.zip`` for ``ens`` (its own
+    single-output SavedModel and ONNX, checked against Keras); validate the zip when
+    ``validate``.
 
     Returns:
         ``{"folder", "zip", "outputs", "validation"}`` for ``export.json``; ``validation`` is
         ``{"status": "passed"|"failed"|"not run", ...}``.
 
     Raises:
-        ExportError: the export has no ONNX file or SavedModel, or the validator fails.
+        ExportError: a weight file that differs from Keras, or the validator fails.
     """
     import tensorflow as tf
 
-    from cellseg.deploy.export import ONNX_FILE, ONNX_OPSET, SAVED_MODEL_DIR
+    from cellseg.deploy.export import ONNX_OPSET
+    from cellseg.infer.maps import normalize_image
+    from cellseg.infer.segment_images import model_multiple
 
     export_dir = Path(export_dir)
-    sm, onnx_path = export_dir / SAVED_MODEL_DIR, export_dir / ONNX_FILE
-    if not sm.is_dir() or not onnx_path.is_file():
-        raise ExportError("--bioimageio needs both the SavedModel and the ONNX file "
-                          "(drop --no-onnx)")
     pkg = export_dir / PACKAGE_DIR
     shutil.rmtree(pkg, ignore_errors=True)
     pkg.mkdir()
-    raw, probs, types = _test_tensors(ens, TEST_SHAPE, seed)
-    outputs = _onnx_output_order(onnx_path)
-    if types.size == 0:
-        outputs = [o for o in outputs if o == "probs"]
+    raw, probs, _ = _test_tensors(ens, TEST_SHAPE, seed)
+    _write_weights(ens, model_multiple(ens.models, at_least=1), pkg)
+    diffs = _check_weights(pkg, normalize_image(raw[0, ..., 0])[None, ..., None], probs)
+    log("bioimage.io weights: max |difference| to Keras = "
+        + ", ".join(f"{k} {v:.3g}" for k, v in diffs.items()))
+    outputs = ["probs"]
     np.save(pkg / "test_input.npy", raw)
     np.save(pkg / "test_output_probs.npy", probs)
-    if "cell_type" in outputs:
-        np.save(pkg / "test_output_cell_type.npy", types)
-    _zip_folder(sm, pkg / "saved_model.zip")
-    shutil.copy2(onnx_path, pkg / "model.onnx")
     (pkg / "cover.png").write_bytes(_cover(raw, probs))
     params = {t: dict(v["params"]) for t, v in params_doc["cell_types"].items()}
     fileio.write_yaml(pkg / "postprocess.yaml", dict(params_doc))
     fileio.write_text(pkg / "README.md",
                       _readme(meta, params, params_doc.get("source", "unknown"),
-                              "cell_type" in outputs))
+                              with_type="cell_type" in meta.get("outputs", {})))
     fileio.write_yaml(pkg / RDF_FILE, build_rdf(meta, outputs, tf.__version__, ONNX_OPSET,
                                                 authors, license_id))
     _zip_folder(pkg, export_dir / PACKAGE_ZIP)
     info: dict[str, Any] = {"folder": PACKAGE_DIR, "zip": PACKAGE_ZIP, "outputs": outputs,
-                            "format_version": FORMAT_VERSION}
+                            "format_version": FORMAT_VERSION, "checks": diffs}
     if not validate:
         info["validation"] = {"status": "not run"}
         return info
