@@ -6,7 +6,8 @@ DIR/export.json and DIR/README.md (input normalisation, output channels, checks)
 exported file is run on a synthetic test image and compared with Keras; the largest
 absolute difference is printed and must be <= 1e-4. --bioimageio adds a bioimage.io model
 package (format 0.5: DIR/bioimageio/ and DIR/bioimageio.zip, cellseg.deploy.bioimageio),
-checked with `bioimageio test` when bioimageio.core is installed. The logic lives in ``cellseg.deploy.export``.
+checked with `bioimageio test` when bioimageio.core is installed. The logic lives in
+``cellseg.deploy.export``.
 
 Exit status: 0 when every export reproduces Keras, 2 on bad options or a failed check.
 """
