@@ -142,8 +142,8 @@ def samples(cfg: Any, n_images: int) -> list[Any]:
 
     make_dataset(cfg.data.root, n_train=n_images, n_test=0, seed=5)
     data = TrainData(cfg.data.root)
-    return load_samples(data, list(data.ids), Path(cfg.data.root) / ".cache", desc="synthetic images",
-                        max_radius=cfg.train.border_radius_max, n_targets=cfg.model.n_targets)
+    return load_samples(data, list(data.ids), Path(cfg.data.root) / ".cache",
+                        desc="synthetic images", max_radius=cfg.train.border_radius_max, n_targets=cfg.model.n_targets)
 
 
 def train_mode(cfg: Any, train_samples: list[Any], mode: str, device: str | None
