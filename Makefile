@@ -1,9 +1,23 @@
 # Quick start: `make demo` (full pipeline on synthetic data, CPU) and `make test`.
-# Both create .venv and install requirements.txt on first use.
+# Both create .venv and install requirements.txt on first use (GPU=1: requirements-gpu.txt).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# GPU=1 (`make test GPU=1`, `make demo GPU=1`, `make setup-gpu`) builds .venv from
+# requirements-gpu.txt (tensorflow[and-cuda]) instead of requirements.txt (tensorflow-cpu); both
+# include requirements-common.txt. Each variant has its own stamp, so switching reinstalls.
+GPU ?= 0
+ifeq ($(GPU),1)
+REQ := requirements-gpu.txt
+STAMP := $(VENV)/.installed-gpu
+OTHER_STAMP := $(VENV)/.installed
+OTHER_TF := tensorflow-cpu
+else
+REQ := requirements.txt
 STAMP := $(VENV)/.installed
+OTHER_STAMP := $(VENV)/.installed-gpu
+OTHER_TF := tensorflow
+endif
 
 DEMO_CONFIG := configs/demo.yaml
 DEMO_DATA := input/synthetic
@@ -11,13 +25,21 @@ DEMO_EXP := demo
 DEMO_OUT := output/$(DEMO_EXP)
 DEMO_FOLDS := 0 1
 
-.PHONY: demo test test-fast bench clean-demo pretrain-synthetic
+.PHONY: demo test test-fast bench clean-demo pretrain-synthetic setup setup-gpu
 
-$(STAMP): requirements.txt
+# tensorflow and tensorflow-cpu install the same module: the other variant's package goes first.
+$(STAMP): $(REQ) requirements-common.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	if [ -e $(OTHER_STAMP) ]; then $(PY) -m pip uninstall -q -y $(OTHER_TF); fi
+	$(PY) -m pip install -q -r $(REQ)
+	rm -f $(OTHER_STAMP)
 	touch $(STAMP)
+
+setup: $(STAMP)
+
+setup-gpu:
+	$(MAKE) setup GPU=1
 
 # generate -> folds -> train folds 0,1 -> tune -> infer (2-fold ensemble x TTA) -> evaluate.
 # The demo re-creates its own data and experiment each time (--overwrite); nothing else is touched.

@@ -4,7 +4,10 @@ Writes DIR/saved_model/ (TensorFlow SavedModel: TF Serving, DeepImageJ), DIR/mod
 (tf2onnx), DIR/postprocess.yaml (the per-cell-type post-processing parameters),
 DIR/export.json and DIR/README.md (input normalisation, output channels, checks). Each
 exported file is run on a synthetic test image and compared with Keras; the largest
-absolute difference is printed and must be <= 1e-4. The logic lives in ``cellseg.deploy.export``.
+absolute difference is printed and must be <= 1e-4. --bioimageio adds a bioimage.io model
+package (format 0.5: DIR/bioimageio/ and DIR/bioimageio.zip, cellseg.deploy.bioimageio),
+checked with `bioimageio test` when bioimageio.core is installed. The logic lives in
+``cellseg.deploy.export``.
 
 Exit status: 0 when every export reproduces Keras, 2 on bad options or a failed check.
 """
@@ -38,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", type=int_list, help="folds to ensemble (default: infer.folds)")
     p.add_argument("--heads", help="mean | last | prune=L (default: infer.heads)")
     p.add_argument("--no-onnx", action="store_true", help="SavedModel only")
+    p.add_argument("--bioimageio", action="store_true",
+                   help="also write a bioimage.io model package (DIR/bioimageio/ and "
+                        "DIR/bioimageio.zip) and run `bioimageio test` on it if installed")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return p.parse_args(argv)
 
@@ -46,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         out = Path(args.out)
+        if args.bioimageio and args.no_onnx:
+            raise ValueError("--bioimageio needs the ONNX weights; drop --no-onnx")
         if out.exists() and not out.is_dir():
             raise ValueError(f"--out {out}: exists and is not a folder")
         from cellseg import fileio
@@ -64,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"experiment {exp_dir}: folds {ens.folds}, heads {ens.heads} -> {out}",
               flush=True)
         export_experiment(ens, cfg, exp_dir, out, onnx=not args.no_onnx,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, bioimageio=args.bioimageio)
     except USER_ERRORS as exc:
         return print_error(exc)
     print(f"wrote {out} (README.md there says how to use it)")

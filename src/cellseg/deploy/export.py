@@ -226,7 +226,8 @@ probs = sess.run(None, {{"{INPUT_NAME}": x[None, ..., None].astype(np.float32)}}
 
 def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Path,
                       onnx: bool = True, test_shape: tuple[int, int] = (520, 704),
-                      overwrite: bool = False, log=print) -> dict[str, Any]:
+                      overwrite: bool = False, log=print, bioimageio: bool = False
+                      ) -> dict[str, Any]:
     """Write SavedModel (+ ONNX), check each against Keras, write parameters and notes.
 
     Args:
@@ -236,6 +237,8 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
         out_dir: where to write; must be empty or absent unless ``overwrite``.
         onnx: also write and check the ONNX file.
         test_shape: size of the synthetic check image.
+        bioimageio: also write and validate a bioimage.io package
+            (:func:`cellseg.deploy.bioimageio.write_package`).
 
     Returns:
         The ``export.json`` content.
@@ -257,6 +260,12 @@ def export_experiment(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: str | Pa
                 f"{k}: " + (v.get("error") or f"max |difference| {v['max_abs_diff']:.3g} > "
                             f"{TOLERANCE:g}") for k, v in bad.items())
                 + f" ({out_dir} left as it was)")
+        if bioimageio:
+            from cellseg.deploy.bioimageio import write_package
+
+            meta["bioimageio"] = write_package(
+                ens, stage, meta, fileio.read_yaml(stage / POSTPROCESS_FILE), log=log)
+            fileio.write_text(stage / "export.json", json.dumps(meta, indent=1))
     return meta
 
 
