@@ -136,7 +136,7 @@ def make_config(args: argparse.Namespace, sizes: dict[str, Any], out: Path) -> A
 
 def samples(cfg: Any, n_images: int) -> list[Any]:
     """Training samples of ``n_images`` synthetic images, as the trainer loads them."""
-    from cellseg.data.dataset import TrainData
+    from cellseg.data.data_root import TrainData
     from cellseg.data.synthetic import make_dataset
     from cellseg.train.batches import load_samples
 
@@ -155,7 +155,7 @@ def train_mode(cfg: Any, train_samples: list[Any], mode: str, device: str | None
     from cellseg.model.network import build_model, output_names
     from cellseg.train.batches import TrainBatches
     from cellseg.train.distribute import make_strategy
-    from cellseg.train.schedules import WarmupCosine
+    from cellseg.model.schedules import WarmupCosine
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32" if mode == "float32" else

@@ -85,9 +85,9 @@ def test_rdf_describes_the_kit(packaged):
 
 def test_preprocessing_is_the_kits_normalisation(packaged):
     """The raw test input, standardised as the kit does, gives the stored test output: so
-    the format's zero_mean_unit_variance stands for cellseg.infer.maps.normalize_image."""
-    from cellseg.deploy.export import run_onnx
-    from cellseg.infer.maps import normalize_image
+    the format's zero_mean_unit_variance stands for cellseg.model.predict.normalize_image."""
+    from cellseg.deploy.graphs import run_onnx
+    from cellseg.model.predict import normalize_image
 
     pkg = packaged["out"] / "bioimageio"
     raw = np.load(pkg / "test_input.npy")

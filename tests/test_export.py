@@ -54,7 +54,8 @@ def test_export_reproduces_keras(exported):
 
 def test_exports_work_at_another_size(exported):
     """A size that is not a multiple of 2**depth: padding and crop are inside the graph."""
-    from cellseg.deploy.export import run_onnx, run_saved_model, test_image
+    from cellseg.deploy.export import test_image
+    from cellseg.deploy.graphs import run_onnx, run_saved_model
     from cellseg.experiment import resolve_config
     from cellseg.infer.ensemble import FoldEnsemble
     from cellseg.model.predict import predict_images

@@ -9,7 +9,7 @@ What the package can and cannot carry:
 
 * input ``image`` ``(batch, y, x, channel=1)``: the raw image; the format's
   ``zero_mean_unit_variance`` over ``y, x`` per image is the kit's
-  :func:`cellseg.infer.maps.normalize_image` (eps only matters for flat images);
+  :func:`cellseg.model.predict.normalize_image` (eps only matters for flat images);
 * one output, ``probs`` (body, border): the weights are re-written for that output alone
   (:func:`_probs_fn` says why the cell-type head is left out) and checked against Keras;
 * the format has no instance decoding step: the marker watershed stays outside, as for
@@ -71,7 +71,7 @@ def _test_tensors(ens: Any, shape: tuple[int, int], seed: int
     """Raw synthetic test input ``(1, H, W, 1)`` and Keras' ``probs`` / ``cell_type`` on it
     (the fold mean without TTA, as the exported graph computes it)."""
     from cellseg.data.synthetic import make_image
-    from cellseg.infer.maps import normalize_image, predict_images
+    from cellseg.model.predict import normalize_image, predict_images
 
     img, _ = make_image("shsy5y", np.random.default_rng(seed), shape[0], shape[1])
     raw = np.asarray(img, np.float32)[None, ..., None]
@@ -88,7 +88,7 @@ def _probs_fn(ens: Any, multiple: int):
     (``cell_type`` and ``probs`` came back swapped in 2 of 7 validator runs), so a
     second output cannot be described reliably. The cell-type head stays in the main export.
     """
-    from cellseg.deploy.export import ensemble_fn
+    from cellseg.deploy.graphs import ensemble_fn
 
     fn, _ = ensemble_fn(ens.models, ens.heads, multiple)
 
@@ -106,11 +106,12 @@ def _write_weights(ens: Any, multiple: int, pkg: Path) -> None:
     import tensorflow as tf
     import tf2onnx
 
-    from cellseg.deploy.export import INPUT_NAME, ONNX_OPSET, _runners
+    from cellseg.deploy.graphs import ONNX_OPSET, head_runners
+    from cellseg.readout import INPUT_NAME
 
     spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
     archive = keras.export.ExportArchive()
-    for r in _runners(ens.models, ens.heads)[0]:
+    for r in head_runners(ens.models, ens.heads)[0]:
         archive.track(r)
     archive.add_endpoint(name="serve", fn=_probs_fn(ens, multiple), input_signature=[spec])
     sm = pkg / ".saved_model"
@@ -126,7 +127,7 @@ def _write_weights(ens: Any, multiple: int, pkg: Path) -> None:
 def _check_weights(pkg: Path, x: np.ndarray, ref: np.ndarray) -> dict[str, float]:
     """Max |difference| of each weight file's ``probs`` to Keras' on ``x``; ExportError above
     the export's tolerance."""
-    from cellseg.deploy.export import TOLERANCE, run_onnx, run_saved_model
+    from cellseg.deploy.graphs import TOLERANCE, run_onnx, run_saved_model
 
     diffs: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="bioimageio_sm_") as tmp:
@@ -333,8 +334,8 @@ def write_package(ens: Any, export_dir: Path, meta: Mapping[str, Any],
     """
     import tensorflow as tf
 
-    from cellseg.deploy.export import ONNX_OPSET
-    from cellseg.infer.maps import normalize_image
+    from cellseg.deploy.graphs import ONNX_OPSET
+    from cellseg.model.predict import normalize_image
     from cellseg.infer.segment_images import model_multiple
 
     export_dir = Path(export_dir)

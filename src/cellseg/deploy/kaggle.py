@@ -19,8 +19,9 @@ without ``--dir-mode zip`` the Kaggle CLI skips sub-folders)::
     wheels/                      optional: *.whl + requirements.txt for an offline pip install
 
 The package is built in a temporary folder beside the destination and swapped into place at
-the end (:func:`cellseg.fileio.replace_folder`), so an interrupted build never leaves a half-package that looks complete; an existing
-package is replaced only with ``overwrite=True``, and only if it is one (it has a manifest).
+the end (:func:`cellseg.fileio.replace_folder`), so an interrupted build never leaves a
+half-package that looks complete; an existing package is replaced only with
+``overwrite=True``, and only if it is one (it has a manifest).
 
 One module on purpose: the builder and the kernel-side readers
 (:func:`verify_package`, :func:`find_experiment`, :func:`resolve_packaged_config`) are the two
@@ -92,6 +93,11 @@ WHEEL_EXCLUDE: dict[str, str] = {
     "optuna": "tuning only, not used at inference",
     "pytest": "tests only",
     "hypothesis": "tests only",
+    "import-linter": "the architecture test only",
+    "skops": "the per-cell confidence model, not used at inference",
+    "bioimageio.core": "checks export.py --bioimageio packages, not used at inference",
+    "pydantic": "bioimageio.core's (albumentations brings its own need)",
+    "setuptools": "builds the package for the install test",
 }
 # Platform tag for `pip download --platform`: pip also accepts older manylinux wheels for it.
 # The Kaggle image is Ubuntu 22.04 (glibc 2.35), x86_64.
@@ -219,7 +225,9 @@ def kernel_requirements(requirements_file: str | os.PathLike,
     out = []
     for raw in path.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
-        if line and not line.startswith("-") and _requirement_name(line) not in exclude:
+        if line.startswith(("-r ", "--requirement ")):  # the shared list (requirements-common)
+            out += kernel_requirements(path.parent / line.split(None, 1)[1], exclude)
+        elif line and not line.startswith("-") and _requirement_name(line) not in exclude:
             out.append(line)
     return out
 
