@@ -44,8 +44,8 @@ and redoes it otherwise (another model, folds, heads, TTA, scale, tiles, channel
 parameters or cell type; a changed input or output), so a re-run finishes a stopped job and
 never keeps stale cells. The summary table merges with the earlier one; temporary files of a
 killed run are removed at the start; Ctrl-C stops after the current image, writes the
-summary and lists what was not done. ``shard=(k, n)`` takes every n-th image of the sorted list, so n
-machines share a collection without any output colliding.
+summary and lists what was not done. ``shard=(k, n)`` takes every n-th image of the sorted
+list, so n machines share a collection without any output colliding.
 
 Tiles are laid out by :mod:`cellseg.infer.tiling`; the files written per image are
 :mod:`cellseg.infer.segment_outputs`. What is left here

@@ -3,8 +3,9 @@
 One compressed file per validation image, ``<fold dir>/oof/<image id>.npz`` (and per test
 image for ``infer.py --save-probs``, same format, same writer and reader), holding ``probs``
 (uint8 H x W x C, probability * 255, channel 0 = cell body, 1 = touching border, 2 = centre
-when ``model.n_targets`` is 3) and ``cell_type_probs`` (float32, one per CELL_TYPES entry). uint8 keeps a fold of the real
-data (~120 images x 520 x 704 x 2) near 10 MB compressed instead of 350 MB of float32.
+when ``model.n_targets`` is 3) and ``cell_type_probs`` (float32, one per CELL_TYPES entry).
+uint8 keeps a fold of the real data (~120 images x 520 x 704 x 2) near 10 MB compressed
+instead of 350 MB of float32.
 """
 
 from __future__ import annotations

@@ -3,9 +3,8 @@
 Why per cell type: crowded, elongated shsy5y cells, sparse round cort cells and large faint
 astro cells need different seed / mask thresholds and minimum areas (docs/design.md section 4). The
 image's predicted cell type (cellseg.model.celltype) picks the parameter set at inference; here
-each set is tuned on the
-OOF images of that type (:mod:`cellseg.tune.eval_sets`), maximising the competition score
-(docs/design.md section 3, :mod:`cellseg.tune.scoring`).
+each set is tuned on the OOF images of that type (:mod:`cellseg.tune.eval_sets`), maximising
+the competition score (docs/design.md section 3, :mod:`cellseg.tune.scoring`).
 
 One Optuna study per (experiment, method, cell type, OOF maps), named by
 :func:`~cellseg.tune.storage.study_name`:
