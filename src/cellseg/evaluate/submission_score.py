@@ -9,11 +9,11 @@ matched IoU) says which kind of mistake
 costs the score, per cell type; the overlays colour cells by that kind.
 
 Truth annotations overlap in the real data, so truth is kept as per-cell pixel-index lists
-(:attr:`cellseg.data.data_root.Instances.pixels`) and a pixel owned by two true cells counts
-for both (docs/design.md section 3). Predictions are checked with the submission rules (valid
-RLE inside the image, no overlapping masks) and turned into label images. A truth image with no prediction
-row scores as an empty prediction (0 when it has cells); a prediction for an id that is not
-in the truth is an error, since it would mean scoring against the wrong file.
+(:attr:`cellseg.data.data_root.Instances.pixels`) and a pixel owned by two true cells counts for
+both (docs/design.md section 3). Predictions are checked with the submission rules (valid RLE
+inside the image, no overlapping masks) and turned into label images. A truth image with no
+prediction row scores as an empty prediction (0 when it has cells); a prediction for an id that
+is not in the truth is an error, since it would mean scoring against the wrong file.
 """
 
 from __future__ import annotations
