@@ -23,7 +23,7 @@ import pytest
 from tiny_data import make_tiny_root
 
 from cellseg.config import ConfigError, load_config, save_config
-from cellseg.deploy import kaggle
+from cellseg.deploy import kaggle, wheels
 from cellseg.deploy.kaggle import PackagingError, build_package, verify_package
 from cellseg.exceptions import InferenceError
 from cellseg.infer.submission import read_submission, validate_submission
@@ -284,18 +284,18 @@ def test_missing_experiment_or_fold_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ wheels
 def test_wheel_command_lines(tmp_path):
-    reqs = kaggle.kernel_requirements(REPO / "requirements.txt")
+    reqs = wheels.kernel_requirements(REPO / "requirements.txt")
     names = {re.split(r"[<>=\[ ]", r)[0].lower() for r in reqs}
     assert {"keras", "numpy", "pyyaml", "scikit-image", "opencv-python-headless"} <= names
     assert not names & {"tensorflow-cpu", "tensorflow", "pytest", "hypothesis", "optuna"}
-    cmd = kaggle.wheel_download_command(tmp_path / "w", tmp_path / "r.txt", "3.11",
+    cmd = wheels.wheel_download_command(tmp_path / "w", tmp_path / "r.txt", "3.11",
                                            python="py")
     assert cmd == ["py", "-m", "pip", "download", "--dest", str(tmp_path / "w"),
                    "--only-binary=:all:", "--progress-bar", "off", "--python-version", "3.11",
                    "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
                    "-r", str(tmp_path / "r.txt")]
     with pytest.raises(PackagingError, match="3.11"):
-        kaggle.wheel_download_command(tmp_path, tmp_path / "r.txt", "eleven")
+        wheels.wheel_download_command(tmp_path, tmp_path / "r.txt", "eleven")
 
     # build_package runs exactly that command (recorded here, nothing downloaded).
     calls = []
@@ -310,14 +310,14 @@ def test_wheel_command_lines(tmp_path):
                       run=fake_run, dataset_id="someone/cellseg-exp")
     assert s.n_wheels == 1 and len(calls) == 1
     tmp_wheels = Path(calls[0][calls[0].index("--dest") + 1])
-    assert calls[0] == kaggle.wheel_download_command(
+    assert calls[0] == wheels.wheel_download_command(
         tmp_wheels, tmp_wheels / "requirements.txt", "3.11")
     assert tmp_wheels.parent.parent == out.parent  # built beside the destination
     assert (out / "wheels" / "requirements.txt").read_text().split() == reqs
     # The kernel installs from exactly these wheels, offline.
     kernel = load_kernel_module()
     assert kernel.pip_install_command(out, python="py") == \
-        kaggle.wheel_install_command(out / "wheels", python="py")
+        wheels.wheel_install_command(out / "wheels", python="py")
     assert "--no-index" in kernel.pip_install_command(out)
     assert kernel.pip_install_command(tmp_path) is None  # no wheels, no pip
 

@@ -147,7 +147,7 @@ def find_data_dir(input_root: Path) -> Path:
 
 def pip_install_command(package_dir: Path, python: str = sys.executable) -> list[str] | None:
     """The offline pip install of ``<package>/wheels`` (None when the package has none).
-    Same command as ``cellseg.deploy.kaggle.wheel_install_command`` (which cannot be imported yet:
+    Same command as ``cellseg.deploy.wheels.wheel_install_command`` (which cannot be imported yet:
     the wheels may be what makes the packaged ``cellseg`` importable)."""
     wheels = package_dir / WHEELS_DIR
     if not (wheels / WHEEL_REQUIREMENTS).is_file():

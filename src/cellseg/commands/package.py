@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from cellseg.config import load_config
-    from cellseg.deploy.kaggle import PackagingError, build_package, kernel_requirements
+    from cellseg.deploy.kaggle import PackagingError, build_package
+    from cellseg.deploy.wheels import kernel_requirements
 
     caught: list[warnings.WarningMessage] = []
     try:

@@ -37,9 +37,8 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import warnings
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +57,12 @@ from cellseg.experiment import (
 )
 from cellseg.infer.ensemble import load_classifiers
 from cellseg.model.predict import load_models
+from cellseg.deploy.wheels import WHEELS_DIR, download_wheels
 from cellseg.postprocess.tuned import TunedPostprocess
 
 CODE_DIR = "cellseg"
 CONFIGS_DIR = "configs"
 MODELS_DIR = "models"
-WHEELS_DIR = "wheels"
-WHEEL_REQUIREMENTS = "requirements.txt"  # inside wheels/: what the kernel pip-installs
 DATASET_METADATA = "dataset-metadata.json"
 MANIFEST = "cellseg-package.json"
 MANIFEST_FORMAT = 1
@@ -86,23 +84,6 @@ TITLE_LENGTH = (6, 50)
 SLUG_LENGTH = (3, 50)
 
 # requirements.txt entries left out of the offline wheels, and why.
-WHEEL_EXCLUDE: dict[str, str] = {
-    "tensorflow-cpu": "the Kaggle GPU image ships tensorflow with CUDA; the CPU build would "
-                      "replace it",
-    "tensorflow": "shipped by the Kaggle image (add it to a --wheel-req file if too old)",
-    "optuna": "tuning only, not used at inference",
-    "pytest": "tests only",
-    "hypothesis": "tests only",
-    "import-linter": "the architecture test only",
-    "skops": "the per-cell confidence model, not used at inference",
-    "bioimageio.core": "checks export.py --bioimageio packages, not used at inference",
-    "pydantic": "bioimageio.core's (albumentations brings its own need)",
-    "setuptools": "builds the package for the install test",
-}
-# Platform tag for `pip download --platform`: pip also accepts older manylinux wheels for it.
-# The Kaggle image is Ubuntu 22.04 (glibc 2.35), x86_64.
-WHEEL_PLATFORM = "manylinux_2_28_x86_64"
-
 _USER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _SLUG_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9]$")
 _IGNORE_CODE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", ".*")
@@ -205,81 +186,6 @@ def check_dataset_metadata(meta: Any, where: str = DATASET_METADATA) -> None:
     if licenses[0]["name"] not in KAGGLE_LICENSES:
         raise PackagingError(f"{where}: license {licenses[0]['name']!r} is not one Kaggle "
                              f"accepts; expected one of {list(KAGGLE_LICENSES)}")
-
-
-# ------------------------------------------------------------------------------ wheels
-def _requirement_name(line: str) -> str:
-    return re.split(r"[\s<>=!~;\[]", line, maxsplit=1)[0].strip().lower().replace("_", "-")
-
-
-def kernel_requirements(requirements_file: str | os.PathLike,
-                        exclude: Collection[str] = tuple(WHEEL_EXCLUDE)) -> list[str]:
-    """The requirement lines of a requirements file the kernel needs as wheels.
-
-    By default everything but :data:`WHEEL_EXCLUDE` (test and tuning tools, and TensorFlow,
-    which the Kaggle image ships); ``exclude=()`` keeps every line (a user's own list).
-    """
-    path = Path(requirements_file)
-    if not path.is_file():
-        raise PackagingError(f"{path}: requirements file not found (needed for --wheels)")
-    out = []
-    for raw in path.read_text().splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if line.startswith(("-r ", "--requirement ")):  # the shared list (requirements-common)
-            out += kernel_requirements(path.parent / line.split(None, 1)[1], exclude)
-        elif line and not line.startswith("-") and _requirement_name(line) not in exclude:
-            out.append(line)
-    return out
-
-
-def wheel_download_command(dest: str | os.PathLike, requirements_file: str | os.PathLike,
-                           python_version: str | None = None,
-                           platform: str = WHEEL_PLATFORM,
-                           python: str = sys.executable) -> list[str]:
-    """The ``pip download`` command line that fills ``wheels/`` (needs the internet, at
-    packaging time only).
-
-    Binary wheels only: the offline kernel cannot build source distributions. With
-    ``python_version`` (the Kaggle image's, e.g. ``"3.11"``) pip fetches wheels for that
-    interpreter and ``platform`` instead of the running one.
-    """
-    cmd = [python, "-m", "pip", "download", "--dest", str(dest), "--only-binary=:all:",
-           "--progress-bar", "off"]
-    if python_version:
-        if not re.fullmatch(r"3\.\d{1,2}", python_version):
-            raise PackagingError(f"--wheel-python: expected a version like 3.11, got "
-                                 f"{python_version!r}")
-        cmd += ["--python-version", python_version, "--implementation", "cp",
-                "--platform", platform]
-    cmd += ["-r", str(requirements_file)]
-    return cmd
-
-
-def wheel_install_command(wheels_dir: str | os.PathLike,
-                          python: str = sys.executable) -> list[str]:
-    """The offline ``pip install`` the kernel runs: only ``wheels_dir``, never an index.
-    Kept here next to the download command; the kernel holds its own copy because it runs
-    before ``cellseg`` can be imported (pinned together by the tests)."""
-    wheels_dir = Path(wheels_dir)
-    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(wheels_dir),
-            "--quiet", "-r", str(wheels_dir / WHEEL_REQUIREMENTS)]
-
-
-def _download_wheels(dest: Path, requirements: Sequence[str], python_version: str | None,
-                     run: Callable[..., Any]) -> int:
-    dest.mkdir(parents=True, exist_ok=True)
-    req_file = dest / WHEEL_REQUIREMENTS
-    req_file.write_text("\n".join(requirements) + "\n")
-    cmd = wheel_download_command(dest, req_file, python_version)
-    print("downloading wheels: " + " ".join(cmd), flush=True)
-    try:
-        run(cmd, check=True)
-    except subprocess.CalledProcessError as exc:
-        raise PackagingError(f"pip download into {dest} failed (exit {exc.returncode}); "
-                             f"--wheels needs the internet at packaging time") from None
-    except OSError as exc:
-        raise PackagingError(f"cannot run pip download: {exc}") from None
-    return len(list(dest.glob("*.whl")))
 
 
 # ------------------------------------------------------------------------------ building
@@ -424,7 +330,8 @@ def build_package(
         license_name: one of :data:`KAGGLE_LICENSES`.
         wheels: also ``pip download`` the kernel's requirements into ``wheels/`` (internet
             needed now, not in the kernel).
-        requirements: requirement lines for ``wheels`` (see :func:`kernel_requirements`);
+        requirements: requirement lines for ``wheels`` (see
+            :func:`cellseg.deploy.wheels.kernel_requirements`);
             written to ``wheels/requirements.txt``, which the kernel installs from.
         wheel_python: Python version of the Kaggle image for the wheels (e.g. ``"3.11"``);
             default: the running interpreter's.
@@ -468,7 +375,7 @@ def build_package(
         shutil.copytree(code_dir, tmp / CODE_DIR, ignore=_IGNORE_CODE)
         config_names = _copy_configs(configs, tmp / CONFIGS_DIR)
         has_post = _copy_experiment(exp_dir, models, tmp / MODELS_DIR / exp)
-        n_wheels = (_download_wheels(tmp / WHEELS_DIR, requirements, wheel_python, run)
+        n_wheels = (download_wheels(tmp / WHEELS_DIR, requirements, wheel_python, run)
                     if wheels else 0)
         (tmp / DATASET_METADATA).write_text(json.dumps(meta, indent=2) + "\n")
         files = _file_table(tmp, skip=(MANIFEST, DATASET_METADATA))
@@ -623,11 +530,8 @@ __all__ = [
     "default_dataset_id",
     "default_title",
     "find_experiment",
-    "kernel_requirements",
     "read_manifest",
     "resolve_packaged_config",
     "slugify",
     "verify_package",
-    "wheel_download_command",
-    "wheel_install_command",
 ]
