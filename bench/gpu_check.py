@@ -47,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import common  # noqa: E402
+from cellseg.cli import OneLineErrorParser  # noqa: E402
 
 NAME = "gpu"
 FULL_DATA_IMAGES = 606  # training images of the competition's train.csv
@@ -58,14 +59,9 @@ GPU_DEFAULTS = {"widths": "", "crop": 0, "batch_size": 0, "steps": 20, "segment_
                 "n_images": 8}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(common.REPO / "configs" / "default.yaml"))
     p.add_argument("--allow-cpu", action="store_true",
                    help="run without a GPU at tiny sizes (smoke test; writes gpu_cpu_smoke.*)")
@@ -143,7 +139,8 @@ def samples(cfg: Any, n_images: int) -> list[Any]:
     make_dataset(cfg.data.root, n_train=n_images, n_test=0, seed=5)
     data = TrainData(cfg.data.root)
     return load_samples(data, list(data.ids), Path(cfg.data.root) / ".cache",
-                        desc="synthetic images", max_radius=cfg.train.border_radius_max, n_targets=cfg.model.n_targets)
+                        desc="synthetic images", max_radius=cfg.train.border_radius_max,
+                        n_targets=cfg.model.n_targets)
 
 
 def train_mode(cfg: Any, train_samples: list[Any], mode: str, device: str | None

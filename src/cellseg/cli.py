@@ -33,6 +33,15 @@ USER_ERRORS: tuple[type[BaseException], ...] = (CellsegError, ValueError, OSErro
 EXIT_BAD_INPUT = 2
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose usage errors are one ``error:`` line and exit status 2, as
+    every other bad input (argparse's own prints the whole usage block first)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT)
+
+
 def int_list(text: str) -> list[int]:
     """``"0,1"`` -> ``[0, 1]`` (spaces ignored); an argparse error for anything else."""
     try:

@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-from cellseg.cli import DEFAULT_CONFIG, USER_ERRORS, int_list, print_error, resolve_experiment
+from cellseg.cli import (
+    DEFAULT_CONFIG,
+    USER_ERRORS,
+    OneLineErrorParser,
+    int_list,
+    print_error,
+    resolve_experiment,
+)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--exp", help="experiment name (output/<exp>; default: the config's name)")
     p.add_argument("--out", required=True, help="output folder (empty or new)")
     p.add_argument("--config", default=None,

@@ -28,6 +28,7 @@ from cellseg import fileio
 from cellseg.cli import (
     DEFAULT_CONFIG,
     USER_ERRORS,
+    OneLineErrorParser,
     int_list,
     name_list,
     print_error,
@@ -37,16 +38,11 @@ from cellseg.cli import (
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from cellseg.infer.segment_images import DEFAULT_OVERLAP, DEFAULT_TILE
 
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--exp", help="experiment name (output/<exp>; default: the config's name)")
