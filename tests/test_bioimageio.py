@@ -20,24 +20,11 @@ pytest.importorskip("bioimageio.core")
 def packaged(tmp_path_factory) -> dict:
     """Two folds of the tiny Attention UNet++ of tests/test_export.py, exported through the
     CLI with --bioimageio (which runs the validator and fails the export if it fails)."""
-    import keras
-
-    import export as export_cli
-    from cellseg.config import ModelConfig, load_config, save_config
-    from cellseg.model.network import build_model
+    from cellseg.commands import export as export_cli
+    from tiny_data import make_tiny_experiment
 
     root = tmp_path_factory.mktemp("bioimageio")
-    cfg_path = root / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "name": "tiny", "output_dir": str(root / "output"), "data": {"root": str(root / "none")},
-        "model": {"widths": [4, 8, 16]}}))
-    for fold in (0, 1):
-        keras.utils.set_random_seed(30 + fold)
-        d = root / "output" / "tiny" / f"fold{fold}"
-        d.mkdir(parents=True)
-        build_model(ModelConfig(widths=[4, 8, 16]), name=f"b{fold}").save(d / "best.keras")
-        save_config(load_config(cfg_path), d / "config.yaml")
-        (d / "result.json").write_text("{}")
+    cfg_path = make_tiny_experiment(root, seed=30)
     out = root / "export"
     rc = export_cli.main(["--config", str(cfg_path), "--out", str(out), "--bioimageio"])
     return {"root": root, "config": cfg_path, "out": out, "rc": rc}

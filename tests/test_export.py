@@ -15,24 +15,11 @@ pytestmark = pytest.mark.slow  # two fold models converted twice: ~30-60 s on 2 
 def exported(tmp_path_factory) -> dict:
     """Two folds of a tiny Attention UNet++ (project layers: attention gates, deep
     supervision, cell-type head) with fixed random weights, exported through the CLI."""
-    import keras
-
     from cellseg.commands import export as export_cli
-    from cellseg.config import ModelConfig, load_config, save_config
-    from cellseg.model.network import build_model
+    from tiny_data import make_tiny_experiment
 
     root = tmp_path_factory.mktemp("export")
-    cfg_path = root / "tiny.yaml"
-    cfg_path.write_text(yaml.safe_dump({
-        "name": "tiny", "output_dir": str(root / "output"), "data": {"root": str(root / "none")},
-        "model": {"widths": [4, 8, 16]}, "infer": {"tta": ["identity", "hflip"]}}))
-    for fold in (0, 1):
-        keras.utils.set_random_seed(20 + fold)
-        d = root / "output" / "tiny" / f"fold{fold}"
-        d.mkdir(parents=True)
-        build_model(ModelConfig(widths=[4, 8, 16]), name=f"f{fold}").save(d / "best.keras")
-        save_config(load_config(cfg_path), d / "config.yaml")
-        (d / "result.json").write_text("{}")
+    cfg_path = make_tiny_experiment(root, seed=20, infer={"tta": ["identity", "hflip"]})
     out = root / "export"
     rc = export_cli.main(["--config", str(cfg_path), "--out", str(out)])
     return {"root": root, "config": cfg_path, "out": out, "rc": rc}

@@ -65,3 +65,27 @@ def make_tiny_root(root: Path, n_images: int = 9, shape: tuple[int, int] = (64, 
     images = table.groupby("id", as_index=False).first()[["id", "cell_type", "sample_id"]]
     save_folds(make_folds(images, n_folds=folds, seed=seed), root / "folds.csv")
     return root
+
+
+def make_tiny_experiment(root: Path, seed: int, infer: dict | None = None) -> Path:
+    """Two folds (``output/tiny/fold{0,1}``) of a tiny Attention UNet++ (project layers:
+    attention gates, deep supervision, cell-type head) with fixed random weights, each with the
+    config it was "trained" with; returns the config file. For the export tests."""
+    import keras
+    import yaml
+
+    from cellseg.config import ModelConfig, load_config, save_config
+    from cellseg.model.network import build_model
+
+    cfg_path = root / "tiny.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "tiny", "output_dir": str(root / "output"), "data": {"root": str(root / "none")},
+        "model": {"widths": [4, 8, 16]}, **({"infer": infer} if infer else {})}))
+    for fold in (0, 1):
+        keras.utils.set_random_seed(seed + fold)
+        d = root / "output" / "tiny" / f"fold{fold}"
+        d.mkdir(parents=True)
+        build_model(ModelConfig(widths=[4, 8, 16]), name=f"m{seed}_{fold}").save(d / "best.keras")
+        save_config(load_config(cfg_path), d / "config.yaml")
+        (d / "result.json").write_text("{}")
+    return cfg_path
