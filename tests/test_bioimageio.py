@@ -57,7 +57,7 @@ def test_rdf_describes_the_kit(packaged):
     assert [a["type"] for a in inp["axes"]] == ["batch", "space", "space", "channel"]
     assert inp["preprocessing"] == [{"id": "zero_mean_unit_variance",
                                      "kwargs": {"axes": ["y", "x"], "eps": 1e-6}}]
-    # one output: bioimageio.core's TF runner maps outputs by position (see _probs_fn)
+    # one output: bioimageio.core's TF runner maps outputs by position (see _write_weights)
     (out,) = rdf["outputs"]
     assert out["id"] == "probs" and out["axes"][-1]["channel_names"] == ["body", "border"]
     assert [a.get("size") for a in out["axes"][1:3]] == [

@@ -11,7 +11,7 @@ What the package can and cannot carry:
   ``zero_mean_unit_variance`` over ``y, x`` per image is the kit's
   :func:`cellseg.model.predict.normalize_image` (eps only matters for flat images);
 * one output, ``probs`` (body, border): the weights are re-written for that output alone
-  (:func:`_probs_fn` says why the cell-type head is left out) and checked against Keras;
+  (:func:`_write_weights` says why the cell-type head is left out) and checked against Keras;
 * the format has no instance decoding step: the marker watershed stays outside, as for
   StarDist, and the package README's "Validation" section gives the tuned parameters per cell
   type and the exact steps (with ``cellseg`` or scikit-image).
@@ -80,48 +80,22 @@ def _test_tensors(ens: Any, shape: tuple[int, int], seed: int
     return raw, np.asarray(probs, np.float32), np.asarray(types, np.float32)
 
 
-def _probs_fn(ens: Any, multiple: int):
-    """The export's graph function with the ``probs`` output only.
+def _write_weights(ens: Any, multiple: int, pkg: Path) -> None:
+    """``pkg/saved_model.zip`` (SavedModel, zipped as the format asks for folder weights) and
+    ``pkg/model.onnx`` of the export's graph with the ``probs`` output only.
 
     Why one output: bioimage.io's TensorFlow runner (bioimageio.core 0.11) maps a SavedModel's
     outputs to the rdf's by dict order, not by name, and that order changed between runs
     (``cell_type`` and ``probs`` came back swapped in 2 of 7 validator runs), so a
     second output cannot be described reliably. The cell-type head stays in the main export.
     """
-    from cellseg.deploy.graphs import ensemble_fn
+    from cellseg.deploy.graphs import write_onnx, write_saved_model
 
-    fn, _ = ensemble_fn(ens.models, ens.heads, multiple)
-
-    def probs_only(image):
-        return {"probs": fn(image)["probs"]}
-
-    return probs_only
-
-
-def _write_weights(ens: Any, multiple: int, pkg: Path) -> None:
-    """``pkg/saved_model.zip`` (SavedModel, zipped as the format asks for folder weights) and
-    ``pkg/model.onnx`` of :func:`_probs_fn`, written as ``cellseg.deploy.export`` writes its
-    own."""
-    import keras
-    import tensorflow as tf
-    import tf2onnx
-
-    from cellseg.deploy.graphs import ONNX_OPSET, head_runners
-    from cellseg.readout import INPUT_NAME
-
-    spec = tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
-    archive = keras.export.ExportArchive()
-    for r in head_runners(ens.models, ens.heads)[0]:
-        archive.track(r)
-    archive.add_endpoint(name="serve", fn=_probs_fn(ens, multiple), input_signature=[spec])
     sm = pkg / ".saved_model"
-    archive.write_out(str(sm), verbose=False)
+    write_saved_model(sm, ens.models, ens.heads, multiple, cell_type=False)
     _zip_folder(sm, pkg / "saved_model.zip")
     shutil.rmtree(sm)
-    graph_fn = tf.function(_probs_fn(ens, multiple), input_signature=[spec])
-    with fileio.atomic_path(pkg / "model.onnx", suffix=".tmp.onnx") as tmp:
-        tf2onnx.convert.from_function(graph_fn, input_signature=[spec], opset=ONNX_OPSET,
-                                      output_path=str(tmp))
+    write_onnx(pkg / "model.onnx", ens.models, ens.heads, multiple, cell_type=False)
 
 
 def _check_weights(pkg: Path, x: np.ndarray, ref: np.ndarray) -> dict[str, float]:

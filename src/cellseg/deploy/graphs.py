@@ -35,13 +35,17 @@ def head_runners(models: Sequence[Any], heads: str) -> tuple[list[Any], str]:
     return list(models), mode
 
 
-def ensemble_fn(models: Sequence[Any], heads: str = "mean", multiple: int = 32):
+def ensemble_fn(models: Sequence[Any], heads: str = "mean", multiple: int = 32,
+                cell_type: bool = True):
     """A graph function ``image -> {"probs", ["cell_type"]}``: fold mean of the selected
-    heads, reflect-padded to ``multiple`` and cropped back (as ``predict_images``)."""
+    heads, reflect-padded to ``multiple`` and cropped back (as ``predict_images``).
+    ``cell_type=False`` leaves the cell-type output out even when the models have one (the
+    bioimage.io package describes one output only)."""
     import tensorflow as tf
 
     runners, mode = head_runners(models, heads)
-    with_type = all("cell_type" in r.output_names for r in runners) if runners else False
+    with_type = (cell_type and all("cell_type" in r.output_names for r in runners)
+                 if runners else False)
 
     def fn(image):
         h, w = tf.shape(image)[1], tf.shape(image)[2]
@@ -78,11 +82,13 @@ def _spec():
     return tf.TensorSpec([None, None, None, 1], tf.float32, name=INPUT_NAME)
 
 
-def write_saved_model(path: Path, models: Sequence[Any], heads: str, multiple: int) -> None:
-    """TF SavedModel with a ``serving_default`` signature (Keras' ExportArchive)."""
+def write_saved_model(path: Path, models: Sequence[Any], heads: str, multiple: int,
+                      cell_type: bool = True) -> None:
+    """TF SavedModel with a ``serving_default`` signature (Keras' ExportArchive) of
+    :func:`ensemble_fn`."""
     import keras
 
-    fn, _ = ensemble_fn(models, heads, multiple)
+    fn, _ = ensemble_fn(models, heads, multiple, cell_type)
     archive = keras.export.ExportArchive()
     runners, _ = head_runners(models, heads)
     for r in runners:
@@ -95,12 +101,13 @@ def write_saved_model(path: Path, models: Sequence[Any], heads: str, multiple: i
     tmp.rename(path)
 
 
-def write_onnx(path: Path, models: Sequence[Any], heads: str, multiple: int) -> None:
-    """ONNX file through tf2onnx (opset :data:`ONNX_OPSET`)."""
+def write_onnx(path: Path, models: Sequence[Any], heads: str, multiple: int,
+               cell_type: bool = True) -> None:
+    """ONNX file of :func:`ensemble_fn` through tf2onnx (opset :data:`ONNX_OPSET`)."""
     import tensorflow as tf
     import tf2onnx
 
-    fn, _ = ensemble_fn(models, heads, multiple)
+    fn, _ = ensemble_fn(models, heads, multiple, cell_type)
     graph_fn = tf.function(fn, input_signature=[_spec()])
     with fileio.atomic_path(path, suffix=".tmp.onnx") as tmp:
         tf2onnx.convert.from_function(graph_fn, input_signature=[_spec()], opset=ONNX_OPSET,
