@@ -124,7 +124,7 @@ class FoldEnsemble:
 
         check_tuned_on(exp_dir, heads, tta, list(model_files))
         t0 = time.perf_counter()
-        from cellseg.model.predict import load_models  # TensorFlow from here on
+        from cellseg.model.predict import load_models
 
         models = load_models([p for _, p in model_files])
         load_s = time.perf_counter() - t0

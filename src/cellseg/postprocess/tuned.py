@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from cellseg import fileio
@@ -49,9 +50,15 @@ _RUN_KEYS = ("method", "experiment", "folds", "heads", "tta", "models", "date", 
 _DEEP_KNOBS = frozenset(f.name for f in dataclasses.fields(PostprocessParams))
 
 
-def _plain(value: Any) -> Any:
-    """NumPy scalars -> Python scalars, so the YAML stays plain."""
-    return value.item() if hasattr(value, "item") else value
+def plain_scalar(value: Any) -> Any:
+    """NumPy scalars -> Python scalars (YAML's safe dumper takes only plain types)."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value)
+    return value
 
 
 def _round(value: float | None) -> float | None:
@@ -76,7 +83,7 @@ class TunedCellType:
     def to_dict(self) -> dict[str, Any]:
         """The entry of the file's ``cell_types`` mapping (plain YAML types)."""
         return {
-            "params": {k: _plain(v) for k, v in self.params.items()},
+            "params": {k: plain_scalar(v) for k, v in self.params.items()},
             "oof_score": _round(self.oof_score),
             "default_score": _round(self.default_score),
             "n_images": None if self.n_images is None else int(self.n_images),
@@ -251,4 +258,4 @@ def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
 
 
 __all__ = ["TunedCellType", "TunedPostprocess", "check_tuned_on", "model_digest",
-           "params_by_type"]
+           "params_by_type", "plain_scalar"]

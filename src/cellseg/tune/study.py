@@ -53,7 +53,12 @@ from cellseg.experiment import (
     RESULT_FILE,
 )
 from cellseg.postprocess.classical import CLASSICAL_DEFAULTS
-from cellseg.postprocess.tuned import TunedCellType, TunedPostprocess, model_digest
+from cellseg.postprocess.tuned import (
+    TunedCellType,
+    TunedPostprocess,
+    model_digest,
+    plain_scalar,
+)
 from cellseg.postprocess.search_space import (
     CLASSICAL_SEARCH_SPACE,
     DEEP_SEARCH_SPACE,
@@ -105,17 +110,6 @@ def sampler_seed(seed: int, n_existing: int, worker_index: int = 0, cell_type: s
     type_code = CELL_TYPES.index(cell_type) + 1 if cell_type in CELL_TYPES else 0
     state = np.random.SeedSequence([int(seed), int(n_existing), int(worker_index), type_code])
     return int(state.generate_state(1)[0])
-
-
-def _plain(value: Any) -> Any:
-    """NumPy scalars -> Python scalars (YAML's safe dumper takes only plain types)."""
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return float(value)
-    return value
 
 
 def _same_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
@@ -238,7 +232,7 @@ def tune_cell_type(
     eval_set = evaluator.sets[cell_type]
     study, n_existing = _open_study(storage, name, eval_set, seed, worker_index,
                                     storage_label or "the storage")
-    start_params = {k: _plain(defaults[k]) for k in space if k in defaults}
+    start_params = {k: plain_scalar(defaults[k]) for k in space if k in defaults}
     if start_params and (n_trials is None or n_trials > 0):
         # First trial of a new study; also later if the config's defaults changed since.
         study.enqueue_trial(start_params, skip_if_exists=True)
