@@ -148,11 +148,10 @@ def train_mode(cfg: Any, train_samples: list[Any], mode: str, device: str | None
     """A few steps of training in ``mode``; the measurements and the model."""
     import keras
 
-    from cellseg.model.losses import compile_kwargs
     from cellseg.model.network import build_model, output_names
     from cellseg.train.batches import TrainBatches
     from cellseg.train.distribute import make_strategy
-    from cellseg.model.schedules import WarmupCosine
+    from cellseg.train.trainer import compile_model
 
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32" if mode == "float32" else
@@ -174,11 +173,7 @@ def train_mode(cfg: Any, train_samples: list[Any], mode: str, device: str | None
         strategy = make_strategy(cfg)
         with strategy.scope():
             model = build_model(cfg.model, name=f"gpu_check_{mode.replace('+', '_')}")
-            schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
-                                    cfg.train.epochs * steps)
-            model.compile(optimizer=keras.optimizers.AdamW(
-                learning_rate=schedule, weight_decay=cfg.train.weight_decay),
-                jit_compile=mode.endswith("xla"), **compile_kwargs(model, cfg.train))
+            compile_model(model, cfg, jit_compile=mode.endswith("xla"))
         batches = TrainBatches(train_samples, cfg, output_names(model), batch_size=batch,
                                steps=steps, seed=cfg.seed)
         hist = model.fit(batches, epochs=2, callbacks=[_Clock()], verbose=0)

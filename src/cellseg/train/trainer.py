@@ -213,10 +213,9 @@ def _open_model(cfg: Config, fold: int, fold_dir: Path, strategy: Any, resume: b
 
     Resumed: ``last.keras`` with its optimizer, ``state`` updated from ``state.json`` and the
     history cut at that epoch. New: built, initialised from ``train.init_from`` when set
-    (its report written beside the model) and compiled with the warm-up + cosine schedule.
+    (its report written beside the model) and compiled (:func:`compile_model`).
     """
     history: list[dict[str, Any]] = []
-    steps = cfg.train.steps_per_epoch
     with strategy.scope():
         if resume:
             state.update(json.loads((fold_dir / STATE_FILE).read_text()))
@@ -232,13 +231,23 @@ def _open_model(cfg: Config, fold: int, fold_dir: Path, strategy: Any, resume: b
             init_report = init_from_model(model, cfg.train.init_from)
             if chief:
                 fileio.write_text(fold_dir / INIT_FILE, json.dumps(init_report, indent=2))
-        schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
-                                cfg.train.epochs * steps)
-        optimizer = keras.optimizers.AdamW(learning_rate=schedule,
-                                           weight_decay=cfg.train.weight_decay)
-        model.compile(optimizer=optimizer, jit_compile=cfg.train.xla,
-                      **compile_kwargs(model, cfg.train))
+        compile_model(model, cfg)
     return model, history
+
+
+def compile_model(model: keras.Model, cfg: Config, jit_compile: bool | None = None) -> None:
+    """Compile ``model`` for training as every fold is: AdamW on the warm-up + cosine
+    schedule over ``train.epochs`` x ``train.steps_per_epoch``, the config's losses and
+    metrics; XLA from ``train.xla`` unless ``jit_compile`` says otherwise (bench/gpu_check.py).
+    Call it in the distribution strategy's scope."""
+    steps = cfg.train.steps_per_epoch
+    schedule = WarmupCosine(cfg.train.learning_rate, cfg.train.warmup_epochs * steps,
+                            cfg.train.epochs * steps)
+    optimizer = keras.optimizers.AdamW(learning_rate=schedule,
+                                       weight_decay=cfg.train.weight_decay)
+    model.compile(optimizer=optimizer,
+                  jit_compile=cfg.train.xla if jit_compile is None else jit_compile,
+                  **compile_kwargs(model, cfg.train))
 
 
 def _train_fold(cfg: Config, fold: int, resume: bool = False, overwrite: bool = False,
