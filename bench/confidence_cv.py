@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import REPO, make_report, markdown_table, now_iso, start_info, write_results
 from real_cv import REAL_SUBSET, held_out_tuning
 
-GRID_CUTOFF = [round(0.05 * k, 2) for k in range(19)]  # 0.0 .. 0.9
+from cellseg.postprocess.confidence import CUTOFF_GRID
+
+GRID_CUTOFF = list(CUTOFF_GRID)  # 0.0 .. 0.9, the grid tune.py chooses from
 GRID_FRACTION = [round(0.05 * k, 2) for k in range(11)]  # 0.0 .. 0.5
 
 
@@ -110,32 +112,20 @@ def collect(args: argparse.Namespace) -> int:
 
 
 class ImageCells:
-    """One decoded image: its cells' features and labels and the candidate pairs from which
-    the score of any subset of its cells is computed (IoU of a pair does not depend on the
-    other predicted cells, so filtering needs no new overlap)."""
+    """One decoded image: its cells' features and labels, and exact scores of any subset of
+    its cells (:class:`cellseg.postprocess.confidence.ScoredImage`, which tune.py uses too)."""
 
     def __init__(self, image_id: str, cell_type: str, fold: int, truth: Any, labels: Any,
                  probs: Any, image: Any) -> None:
         import numpy as np
 
-        from cellseg.metrics.score import overlap
-        from cellseg.postprocess.confidence import cell_features, match_labels
+        from cellseg.postprocess.confidence import FEATURE_NAMES, ScoredImage, cell_features
 
         self.id, self.cell_type, self.fold = image_id, cell_type, fold
         self.ids, self.X = cell_features(labels, probs, image, cell_type)
-        ids_m, self.y = match_labels(truth, labels)
-        assert np.array_equal(ids_m, self.ids)
-        ov = overlap(truth, labels)
-        assert np.array_equal(ov.pred_ids, self.ids)
-        self.n_true = int(ov.inter.shape[0])
-        flat = np.flatnonzero(ov.inter)
-        pr, pc = np.divmod(flat, max(ov.inter.shape[1], 1))
-        inter = ov.inter.ravel()[flat]
-        iou = inter / (ov.true_area[pr] + ov.pred_area[pc] - inter)
-        keep = iou > 0.5
-        self.rows, self.cols, self.iou = pr[keep], pc[keep], iou[keep]
-        from cellseg.postprocess.confidence import FEATURE_NAMES
-
+        self.scored = ScoredImage(truth, labels)
+        assert np.array_equal(self.scored.ids, self.ids)
+        self.y = self.scored.y
         self.body_mean = self.X[:, FEATURE_NAMES.index("body_mean")]
 
     @property
@@ -144,28 +134,7 @@ class ImageCells:
 
     def score(self, keep: Any) -> tuple[float, float]:
         """(competition score, mean matched IoU at 0.5) with only the cells where ``keep``."""
-        import numpy as np
-
-        from cellseg.constants import IOU_THRESHOLDS
-        from cellseg.metrics.score import MatchResult, match_candidates
-
-        keep = np.asarray(keep, bool)
-        m = keep[self.cols]
-        r, c, v = self.rows[m], self.cols[m], self.iou[m]
-        n_pred = int(keep.sum())
-        tp = []
-        mean_iou = float("nan")
-        for t in IOU_THRESHOLDS:
-            sel = v > t
-            rr, cc = match_candidates(r[sel], c[sel], v[sel])
-            tp.append(rr.size)
-            if t == IOU_THRESHOLDS[0] and rr.size:
-                lookup = {(a, b): x for a, b, x in zip(r[sel], c[sel], v[sel])}
-                mean_iou = float(np.mean([lookup[(a, b)] for a, b in zip(rr, cc)]))
-        tp = np.asarray(tp, np.int64)
-        res = MatchResult(np.asarray(IOU_THRESHOLDS, np.float64), tp, n_pred - tp,
-                          self.n_true - tp, self.n_true, n_pred)
-        return res.score, mean_iou
+        return self.scored.score(keep)
 
 
 def keep_rule(kind: str, cells: ImageCells, p: Any, value: float) -> Any:

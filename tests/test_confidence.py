@@ -186,3 +186,129 @@ def test_cross_fitting_never_scores_an_image_with_its_own_model(monkeypatch) -> 
     assert p.shape == (len(y),) and np.isfinite(p).all()
     for (g, _, test), train_rows in zip(cross_fit_groups(rows), fitted_on):
         assert not train_rows & {tuple(r) for r in X[test]}
+
+
+# --------------------------------------------------------------------------------------------
+# The filter as tune.py fits it and the ensemble applies it
+# --------------------------------------------------------------------------------------------
+
+def _scene(seed: int, n_true: int = 6, n_false: int = 5, size: int = 120):
+    """Maps of true discs (body 0.95) and false blobs (body 0.62: decoded, but no true cell
+    there), the truth as flat pixel indices, and an image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    body = np.full((size, size), 0.05, np.float32)
+    truth = []
+    centres = [(r, c) for r in range(12, size - 8, 24) for c in range(12, size - 8, 24)]
+    rng.shuffle(centres)
+    for k, (r, c) in enumerate(centres[:n_true + n_false]):
+        disc = (yy - r) ** 2 + (xx - c) ** 2 <= int(rng.integers(5, 9)) ** 2
+        if k < n_true:
+            body[disc] = 0.95
+            truth.append(np.flatnonzero(disc).astype(np.int32))
+        else:
+            body[disc] = 0.62
+    probs = np.stack([body, np.zeros_like(body)], -1)
+    image = (body * 200 + rng.normal(0, 5, body.shape)).clip(0, 255).astype(np.uint8)
+    return probs, truth, image
+
+
+def _eval_sets(n_images: int = 10):
+    from cellseg.tune.eval_sets import EvalSet
+    from cellseg.train import oof
+
+    sets, images = {}, {}
+    for t, cell_type in enumerate(("cort", "astro")):
+        ids, inputs, truths = [], [], []
+        for i in range(n_images):
+            probs, truth, image = _scene(100 * t + i)
+            image_id = f"{cell_type}{i:02d}"
+            ids.append(image_id)
+            inputs.append(oof.quantize(probs))
+            truths.append(truth)
+            images[image_id] = image
+        sets[cell_type] = EvalSet("deep", cell_type, ids, [i % 2 for i in range(n_images)],
+                                  inputs, truths)
+    return sets, images
+
+
+class _Images:
+    """The one TrainData method the fit uses."""
+
+    def __init__(self, images: dict) -> None:
+        self.images = images
+
+    def load_image(self, image_id: str) -> np.ndarray:
+        return self.images[image_id]
+
+
+PARAMS = {"seed_threshold": 0.5, "mask_threshold": 0.3, "min_seed_area": 5, "min_area": 5}
+
+
+def test_scored_image_gives_the_metric_of_the_filtered_labels() -> None:
+    from cellseg.metrics.score import image_score
+    from cellseg.postprocess.confidence import ScoredImage
+    from cellseg.postprocess.decode import decode_with_params
+
+    probs, truth, _ = _scene(7)
+    labels = decode_with_params(probs, PARAMS)
+    scored = ScoredImage(truth, labels)
+    assert scored.n == 11 and scored.y.sum() == 6
+    rng = np.random.default_rng(0)
+    for keep in (np.ones(scored.n, bool), scored.y.astype(bool), rng.random(scored.n) < 0.5):
+        filtered = filter_cells(labels, scored.ids, keep)
+        assert scored.score(keep)[0] == pytest.approx(image_score(truth, filtered), abs=1e-12)
+
+
+def test_tune_fit_chooses_a_cutoff_that_drops_the_false_cells() -> None:
+    from cellseg.tune.confidence_fit import fit_confidence_filter
+
+    sets, images = _eval_sets()
+    params = {t: PARAMS for t in CELL_TYPES}
+    fit = fit_confidence_filter(sets, _Images(images), params, seed=0, log=None)
+    assert fit is not None and fit.grouping == "image"
+    assert fit.n_fits == 20 + 1  # one model per left-out image, then the final one
+    for cell_type in ("cort", "astro"):
+        f = fit.types[cell_type]
+        assert f.n_images == 10 and f.n_cells == 110
+        assert f.cutoff > 0
+        assert f.dropped == 50  # exactly the false blobs
+        assert f.filtered > f.baseline + 0.2
+        assert f.held_out == pytest.approx(f.filtered)
+    assert fit.model.record["cutoffs"] == {t: fit.types[t].cutoff for t in fit.types}
+    assert fit.model.record["n_images"] == 20 and len(fit.digest) == 12
+    # A filter that cannot help is off: every decoded cell true -> all one class -> None.
+    for es in sets.values():
+        es.inputs[:] = [np.where(x[..., :1] == oof_q(0.62), oof_q(0.05), x[..., :1]).repeat(2, -1)
+                        * np.array([1, 0], np.uint8) for x in es.inputs]
+    assert fit_confidence_filter(sets, _Images(images), params, log=None) is None
+
+
+def oof_q(value: float) -> np.uint8:
+    from cellseg.train import oof
+
+    return oof.quantize(np.float32(value))
+
+
+def test_ensemble_decodes_with_the_cutoff_and_reports_confidences() -> None:
+    from cellseg.infer.ensemble import FoldEnsemble
+    from cellseg.tune.confidence_fit import fit_confidence_filter
+
+    sets, images = _eval_sets()
+    params = {t: PARAMS for t in CELL_TYPES}
+    fit = fit_confidence_filter(sets, _Images(images), params, seed=0, log=None)
+    probs, truth, image = _scene(999)
+    ens = FoldEnsemble(models=[], model_files=[], classifiers=[], params=params,
+                       confidence=fit.model, cutoffs={"cort": fit.types["cort"].cutoff})
+    labels, conf = ens.decode_scored(probs, "cort", image)
+    assert labels.max() == conf.size == 6  # the 5 false blobs dropped, ids 1..6
+    assert (conf >= fit.types["cort"].cutoff).all()
+    assert np.array_equal(ens.decode(probs, "cort", image), labels)
+    # No cut-off for shsy5y: every decoded cell stays, each with the model's confidence.
+    labels, conf = ens.decode_scored(probs, "shsy5y", image)
+    assert labels.max() == conf.size == 11 and conf.min() < fit.types["cort"].cutoff
+    # Without a model: the confidence is the mean body probability, nothing dropped.
+    plain = FoldEnsemble(models=[], model_files=[], classifiers=[], params=params)
+    labels, conf = plain.decode_scored(probs, "cort", image)
+    assert labels.max() == 11
+    np.testing.assert_allclose(np.sort(conf), [0.62] * 5 + [0.95] * 6, atol=1e-6)

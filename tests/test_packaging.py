@@ -213,6 +213,24 @@ def test_build_package_layout_manifest_and_verification(tmp_path):
         .endswith("/cellseg-exp2")
 
 
+def test_package_ships_the_confidence_model_and_refuses_an_altered_one(tmp_path):
+    exp = fake_experiment(tmp_path / "output")
+    model = _small_cell_filter().save(exp / "confidence-00000000000a")
+    write_yaml(exp / "postprocess.yaml", {"method": "deep", "confidence_model": model.name,
+                                          "cell_types": {"cort": {"params": {},
+                                                                  "confidence_cutoff": 0.4}}})
+    out = tmp_path / "pkg"
+    build_package(exp, out)
+    for suffix in (".skops", ".json"):
+        shipped = out / "models" / "exp" / f"confidence-00000000000a{suffix}"
+        assert shipped.read_bytes() == model.with_suffix(suffix).read_bytes()
+    assert "models/exp/confidence-00000000000a.skops" in verify_package(out)["files"]
+    model.write_bytes(model.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match=r"confidence-00000000000a.skops: .*sha256 differs"):
+        build_package(exp, tmp_path / "pkg2")
+    assert not (tmp_path / "pkg2").exists()
+
+
 def test_refuses_to_overwrite_and_replaces_atomically(tmp_path):
     exp = fake_experiment(tmp_path / "output")
     out = tmp_path / "pkg" / "exp"
@@ -411,9 +429,25 @@ def trained(tmp_path_factory) -> dict:
     keras.utils.set_random_seed(7)
     save_model(build_model(TINY, name="rand"), exp / "fold0", cfg)
     save_model(threshold_model(cell_type_index=0), exp / "fold1", cfg)
-    write_yaml(exp / "postprocess.yaml", {"method": "deep", "cell_types": {
-        "shsy5y": {"params": {"seed_threshold": 0.55, "mask_threshold": 0.35, "min_area": 8}}}})
+    # A per-cell confidence model that drops small cells (< 20 px) for shsy5y: the kernel
+    # must ship it and apply it exactly as infer.py does.
+    model = _small_cell_filter().save(exp / "confidence-000000000001")
+    write_yaml(exp / "postprocess.yaml", {
+        "method": "deep", "confidence_model": model.name, "cell_types": {
+            "shsy5y": {"params": {"seed_threshold": 0.55, "mask_threshold": 0.35, "min_area": 8},
+                       "confidence_cutoff": 0.5}}})
     return {"root": root, "data": data, "config": config, "exp": exp}
+
+
+def _small_cell_filter():
+    """A CellConfidence fitted on 'a cell is right when it has at least 20 px'."""
+    from cellseg.postprocess.confidence import FEATURE_NAMES, CellConfidence
+
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 1, (400, len(FEATURE_NAMES)))
+    k = FEATURE_NAMES.index("area")
+    X[:, k] = rng.uniform(0, 200, len(X))
+    return CellConfidence(random_state=0).fit(X, (X[:, k] >= 20).astype(int))
 
 
 @pytest.mark.slow
@@ -430,6 +464,8 @@ def test_offline_kernel_matches_infer_py(trained, tmp_path):
     assert "kaggle datasets create -p" in proc.stdout and str(pkg) in proc.stdout
     check_dataset_metadata_fields(json.loads((pkg / "dataset-metadata.json").read_text()))
     assert (pkg / "models" / "pkgexp" / "postprocess.yaml").is_file()
+    for suffix in (".skops", ".json"):
+        assert (pkg / "models" / "pkgexp" / f"confidence-000000000001{suffix}").is_file()
 
     # 2. A fake /kaggle tree: the dataset and the competition's test folder.
     kaggle = tmp_path / "kaggle"

@@ -18,7 +18,7 @@ from cellseg.config import PostprocessParams
 from cellseg.constants import CELL_TYPES
 from cellseg.data.data_root import TrainData, read_train_csv
 from cellseg.infer import pseudo_labels
-from cellseg.postprocess.decode import decode_with_params
+from cellseg.infer.ensemble import FoldEnsemble
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -66,8 +66,11 @@ class FakeEnsemble:
     def cell_type(self, row):
         return CELL_TYPES[int(np.argmax(row))]
 
-    def decode(self, probs, kind):
-        return decode_with_params(probs, self.params[kind])
+    confidence = None  # no per-cell confidence model: FoldEnsemble's own decode path
+    cutoffs: dict = {}
+
+    decode = FoldEnsemble.decode
+    decode_scored = FoldEnsemble.decode_scored
 
 
 def _cells_at(root: Path, image_id: str) -> set[int]:
@@ -84,7 +87,7 @@ def test_cell_scores_and_selection():
     img = disk_image()
     ens = FakeEnsemble()
     probs, _ = ens.predict([img])
-    labels = ens.decode(probs[0], "cort")
+    labels = ens.decode(probs[0], "cort", img)
     scores = pseudo_labels.cell_scores(probs[0], labels)
     assert scores.confidence.size == 4
     assert np.allclose(sorted(scores.confidence), sorted(v / 255 for v in CENTRES), atol=1e-6)

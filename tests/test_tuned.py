@@ -26,10 +26,11 @@ def _tuned() -> TunedPostprocess:
                                             oof_score=0.41, default_score=0.37, n_images=3,
                                             n_trials=10, folds=[0, 1], study="s",
                                             best_trial=4, held_out_score=0.39,
-                                            oof_fingerprint="abc")},
+                                            oof_fingerprint="abc", confidence_cutoff=0.25,
+                                            confidence_score=0.42)},
         experiment="e", folds=[0, 1], heads="mean", tta=["identity", "hflip"],
         models={0: "aa", 1: "bb"}, date="2026-12-05T00:00:00+00:00", storage="sqlite",
-        optuna="5.1.0")
+        optuna="5.1.0", confidence_model="confidence-0123456789ab.skops")
 
 
 def test_decoder_defaults_stand_in_postprocess_params_only():
@@ -48,7 +49,8 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert again == tuned
     doc = yaml.safe_load(path.read_text())
     assert list(doc) == ["method", "experiment", "folds", "heads", "tta", "models", "date",
-                         "storage", "optuna", "cell_types"]
+                         "storage", "optuna", "confidence_model", "cell_types"]
+    assert again.cutoffs() == {"shsy5y": 0.25}
 
 
 def test_params_by_type_fills_defaults_for_every_type(tmp_path):
@@ -73,6 +75,12 @@ def test_missing_file_warns_and_gives_the_config_defaults(tmp_path):
     ({"cell_types": {"cort": {"oof_score": 0.3}}}, r"cell_types.cort.params must be a mapping"),
     ({"cell_types": {"cort": {"params": {"seed_treshold": 0.3}}}},
      r"cell_types.cort.params: unknown knob\(s\) \['seed_treshold'\]"),
+    ({"cell_types": {"cort": {"params": {}, "confidence_cutoff": 1.5}}},
+     r"cell_types.cort.confidence_cutoff must be a number in \[0, 1\]"),
+    ({"confidence_model": "../../elsewhere.skops", "cell_types": {"cort": {"params": {}}}},
+     "confidence_model must be a .skops file name beside it"),
+    ({"confidence_model": "model.pkl", "cell_types": {"cort": {"params": {}}}},
+     "confidence_model must be a .skops file name beside it"),
 ])
 def test_read_names_the_file_and_the_bad_field(tmp_path, doc, message):
     path = tmp_path / "postprocess.yaml"
@@ -80,6 +88,19 @@ def test_read_names_the_file_and_the_bad_field(tmp_path, doc, message):
     with pytest.raises(ValueError, match=message) as info:
         TunedPostprocess.read(path)
     assert str(path) in str(info.value)
+
+
+def test_confidence_model_loads_only_when_a_cutoff_uses_it(tmp_path):
+    """No cut-off above 0: no model is read (a missing file is no error); a cut-off above 0
+    and a missing model: the loader's error names the file."""
+    from cellseg.postprocess.confidence import ConfidenceModelError
+
+    tuned = _tuned()
+    tuned.cell_types["shsy5y"].confidence_cutoff = 0.0
+    assert tuned.load_confidence(tmp_path) is None
+    tuned.cell_types["shsy5y"].confidence_cutoff = 0.3
+    with pytest.raises(ConfidenceModelError, match="confidence-0123456789ab.skops"):
+        tuned.load_confidence(tmp_path)
 
 
 def test_classical_file_keeps_its_own_knobs(tmp_path):

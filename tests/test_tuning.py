@@ -119,6 +119,15 @@ def test_tuning_beats_defaults_for_every_type(cfg):
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-history.png").is_file()
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-importances.png").is_file()
     assert doc["heads"] is None or isinstance(doc["heads"], str)
+    # The confidence filter (tune.confidence): a cut-off per type, and the model they use is
+    # the file the YAML names, beside it, loadable; no cut-off above 0 -> no model named.
+    cutoffs = {t: e["confidence_cutoff"] for t, e in doc["cell_types"].items()}
+    assert all(0 <= v <= 1 for v in cutoffs.values())
+    if any(v > 0 for v in cutoffs.values()):
+        assert tuned.TunedPostprocess.read(report.output_path).load_confidence(
+            cfg.experiment_dir()) is not None
+    else:
+        assert "confidence_model" not in doc
     # What inference reads back, re-scored serially and in two processes, gives the saved score.
     params = tuned.params_by_type(cfg.experiment_dir(), cfg)
     with Evaluator(sets, n_jobs=1) as serial, Evaluator(sets, n_jobs=2) as pooled:

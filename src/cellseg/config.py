@@ -130,6 +130,9 @@ class InferConfig:
     heads: str = "mean"  # "mean" of deep-supervision heads, "last", or "prune=L"
     folds: list[int] = field(default_factory=list)  # empty = every trained fold found
     batch_size: int = 4
+    # Drop decoded cells below their type's tuned confidence cut-off (postprocess.yaml's
+    # confidence_model); false decodes every cell as tuned, without the filter.
+    confidence: bool = True
 
 
 @dataclass
@@ -139,6 +142,9 @@ class TuneConfig:
     n_trials: int = 60
     seed: int = 42
     n_jobs: int = 2  # processes evaluating images inside one trial
+    # After the decoder: fit the per-cell confidence model on the OOF cells (cross-fitted)
+    # and choose a cut-off per type (cellseg.tune.confidence_fit); false = no filter.
+    confidence: bool = True
 
 
 @dataclass

@@ -16,6 +16,7 @@ section 9); a file's name is spelled nowhere else::
       fold<K>.replaced/          the finished run an --overwrite is replacing (until it ends)
       tuning.db                  Optuna storage of tune.py
       postprocess.yaml           tuned post-processing, read by infer/segment/package
+      confidence-<digest>.skops  per-cell confidence model that postprocess.yaml names (+ .json)
       postprocess_classical.yaml the classical baseline's (tune.py --method classical)
 
 Like StarDist's model folder, the config that made a model is saved beside it, so every later
@@ -52,6 +53,7 @@ REPLACED_SUFFIX = ".replaced"
 TUNING_DB = "tuning.db"
 POSTPROCESS_FILE = "postprocess.yaml"
 CLASSICAL_POSTPROCESS_FILE = "postprocess_classical.yaml"  # tune.py --method classical
+CONFIDENCE_MODEL = "confidence"  # tune.py: <this>-<digest>.skops + .json, named in postprocess.yaml
 
 _FOLD_RE = re.compile(r"^fold(\d+)$")
 

@@ -95,6 +95,7 @@ written {meta['date']} by `python src/export.py`.
 | `{ONNX_FILE}` | ONNX opset {ONNX_OPSET} (onnxruntime, OpenCV DNN, other runtimes) |
 | `postprocess.yaml` | per-cell-type parameters of `cellseg.postprocess.decode.decode_instances` |
 | `cell_type_classifier_fold*.json` | whole-image cell-type classifiers (if any) |
+| `confidence-*.skops` + `.json` | per-cell confidence model that `postprocess.yaml` names (if any): drop a decoded cell whose confidence is below its type's `confidence_cutoff` (`cellseg.postprocess.confidence.CellConfidence.filter`; load it only with `CellConfidence.load`, which refuses pickles) |
 | `export.json` | all of this as data, plus the checks below |
 
 **Input** `{INPUT_NAME}`: float32 `(N, H, W, 1)`, any H and W; each image standardised over
@@ -108,7 +109,8 @@ diameter about
 `cell_type` `(N, 3)` = probabilities of {meta['cell_types']} (network head, present only when
 the network has one). Instances: seeds = `body * (1 - border) > seed_threshold`, mask =
 `body > mask_threshold`, marker watershed; see `postprocess.yaml` and
-`cellseg.postprocess.decode.decode_instances`. No test-time augmentation is inside the graph.
+`cellseg.postprocess.decode.decode_instances`, then the confidence cut-off when
+`postprocess.yaml` names a `confidence_model`. No test-time augmentation is inside the graph.
 
 Checked against Keras on a {meta['test_image_shape']} synthetic image (tolerance
 {TOLERANCE:g}):
@@ -217,6 +219,7 @@ def _write_export(ens: Any, cfg: Any, exp_dir: str | Path, out_dir: Path, onnx: 
                         if t in tuned.cell_types else TunedCellType(params=dict(ens.params[t]))
                         for t in CELL_TYPES}
     tuned.write(out_dir / POSTPROCESS_FILE)
+    tuned.copy_confidence(exp_dir, out_dir)
     for fold, model_path in ens.model_files:
         clf = Path(model_path).parent / CLASSIFIER_FILE
         if clf.is_file():

@@ -274,7 +274,8 @@ def _check_experiment(exp_dir: Path, folds: Sequence[int] | None) -> list[tuple[
                 f"`python src/train.py --fold {k} --exp {exp}`")
         _load_saved_config(model_path.parent / SAVED_CONFIG)
     if (exp_dir / POSTPROCESS_FILE).is_file():
-        TunedPostprocess.read(exp_dir / POSTPROCESS_FILE)  # ValueError naming the file
+        tuned = TunedPostprocess.read(exp_dir / POSTPROCESS_FILE)  # ValueError naming the file
+        tuned.load_confidence(exp_dir)  # the model it names: present, unaltered, safe
     # Every model and classifier must load as the kernel will load it: a truncated or damaged
     # best.keras must not be shipped (InferenceError naming the file).
     load_models([p for _, p in models])
@@ -284,7 +285,8 @@ def _check_experiment(exp_dir: Path, folds: Sequence[int] | None) -> list[tuple[
 
 def _copy_experiment(exp_dir: Path, models: list[tuple[int, Path]], dest_exp: Path) -> bool:
     """Copy each fold's model, config, result and classifier, and the tuned
-    ``postprocess.yaml``, into ``dest_exp``; returns whether there was a tuned file."""
+    ``postprocess.yaml`` with the confidence model it names, into ``dest_exp``; returns
+    whether there was a tuned file."""
     for k, model_path in models:
         fold_dest = dest_exp / fold_dir_name(k)
         fold_dest.mkdir(parents=True)
@@ -294,6 +296,7 @@ def _copy_experiment(exp_dir: Path, models: list[tuple[int, Path]], dest_exp: Pa
     has_post = (exp_dir / POSTPROCESS_FILE).is_file()
     if has_post:
         shutil.copy2(exp_dir / POSTPROCESS_FILE, dest_exp / POSTPROCESS_FILE)
+        TunedPostprocess.read(exp_dir / POSTPROCESS_FILE).copy_confidence(exp_dir, dest_exp)
     else:
         warnings.warn(f"{exp_dir / POSTPROCESS_FILE} not found: the kernel will use the "
                       f"config's default post-processing (run `python src/tune.py --exp "

@@ -29,7 +29,6 @@ WHEEL_EXCLUDE: dict[str, str] = {
     "pytest": "tests only",
     "hypothesis": "tests only",
     "import-linter": "the architecture test only",
-    "skops": "the per-cell confidence model, not used at inference",
     "bioimageio.core": "checks export.py --bioimageio packages, not used at inference",
     "pydantic": "bioimageio.core's (albumentations brings its own need)",
     "setuptools": "builds the package for the install test",

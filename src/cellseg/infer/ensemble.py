@@ -10,7 +10,8 @@ Usage::
     ens = FoldEnsemble.load(cfg, exp_dir)             # folds/heads/TTA from cfg.infer
     probs, type_probs = ens.predict([img1, img2])     # images of one shape, as read
     kind = ens.cell_type(type_probs[0])               # override or argmax
-    labels = ens.decode(probs[0], kind)               # that type's tuned parameters
+    labels = ens.decode(probs[0], kind, img1)         # that type's tuned parameters, then
+                                                      # its confidence cut-off
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
@@ -65,6 +67,10 @@ class FoldEnsemble:
     batch_size: int = 2
     cell_type_override: str | None = None
     model_load_s: float = 0.0
+    #: per-cell confidence model (cellseg.postprocess.confidence.CellConfidence) or None
+    confidence: Any = None
+    #: cell type -> confidence cut-off (0 or absent = keep every decoded cell)
+    cutoffs: dict[str, float] = field(default_factory=dict)
 
     @property
     def folds(self) -> list[int]:
@@ -114,6 +120,8 @@ class FoldEnsemble:
         model_files = find_fold_models(exp_dir, folds)
         classifiers = load_classifiers(model_files)
         params = params_by_type(exp_dir, cfg, warn=warn_untuned)
+        confidence, cutoffs = (load_confidence_filter(exp_dir) if cfg.infer.confidence
+                               else (None, {}))
 
         try:
             tta = check_tta(tta)
@@ -143,7 +151,8 @@ class FoldEnsemble:
         return cls(models=models, model_files=list(model_files), classifiers=classifiers,
                    params=params, heads=heads, tta=tta,
                    batch_size=max(int(cfg.infer.batch_size), 1),
-                   cell_type_override=cell_type, model_load_s=load_s)
+                   cell_type_override=cell_type, model_load_s=load_s,
+                   confidence=confidence, cutoffs=cutoffs)
 
     def predict(self, raw_images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps ``(N, H, W, C)`` float32 and cell-type probabilities ``(N, 3)``.
@@ -177,11 +186,57 @@ class FoldEnsemble:
             return self.cell_type_override
         return CELL_TYPES[int(np.argmax(type_probs))]
 
-    def decode(self, probs: np.ndarray, cell_type: str) -> np.ndarray:
-        """One image's instance labels (H x W int32) with ``cell_type``'s tuned parameters."""
+    def decode(self, probs: np.ndarray, cell_type: str, image: np.ndarray) -> np.ndarray:
+        """One image's instance labels (H x W int32): ``cell_type``'s tuned parameters, then
+        its confidence cut-off (:meth:`decode_scored`)."""
+        return self.decode_scored(probs, cell_type, image)[0]
+
+    def decode_scored(self, probs: np.ndarray, cell_type: str, image: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """``(labels, confidence)``: the decoded cells that pass the type's cut-off,
+        numbered 1..n, and each one's confidence (``confidence[i - 1]`` for cell ``i``).
+
+        The confidence is the tuned model's probability that the cell matches a true cell at
+        IoU 0.5 when the experiment has one, else the cell's mean body probability.
+        ``image`` is the grayscale image the maps were made from (same H x W, as read).
+        """
+        from cellseg.postprocess.confidence import filter_cells
         from cellseg.postprocess.decode import decode_with_params
 
-        return decode_with_params(probs, self.params[cell_type])
+        labels = decode_with_params(probs, self.params[cell_type])
+        if self.confidence is not None:
+            ids, p = self.confidence.cell_probabilities(labels, probs, image, cell_type)
+            cut = self.cutoffs.get(cell_type, 0.0)
+            if cut > 0:
+                keep = p >= cut
+                labels, ids, p = filter_cells(labels, ids, keep), ids[keep], p[keep]
+        else:
+            ids = np.unique(labels)
+            ids = ids[ids > 0]
+            body = np.asarray(probs)[..., 0] if np.ndim(probs) == 3 else np.asarray(probs)
+            p = (np.asarray(ndimage.mean(body, labels, ids), np.float64) if ids.size
+                 else np.zeros(0))
+        lut = np.zeros(int(labels.max()) + 1, np.int32)
+        lut[ids] = np.arange(1, ids.size + 1, dtype=np.int32)
+        return lut[labels], np.asarray(p, np.float32)
 
 
-__all__ = ["FoldEnsemble"]
+def load_confidence_filter(exp_dir: str | os.PathLike) -> tuple[Any, dict[str, float]]:
+    """The experiment's per-cell confidence model and cut-offs (``postprocess.yaml``), or
+    ``(None, {})`` without one; a named model that is missing or unsafe is an
+    InferenceError."""
+    from cellseg.postprocess.confidence import ConfidenceModelError
+    from cellseg.postprocess.tuned import TunedPostprocess
+
+    tuned = TunedPostprocess.find(exp_dir)
+    if tuned is None:
+        return None, {}
+    try:
+        model = tuned.load_confidence(exp_dir)
+    except ConfidenceModelError as exc:
+        raise InferenceError(f"{exc}; re-run `python src/tune.py --exp {Path(exp_dir).name}` "
+                             f"or pass --set infer.confidence=false") from None
+    return model, (tuned.cutoffs() if model is not None else {})
+
+
+__all__ = ["FoldEnsemble", "load_confidence_filter"]

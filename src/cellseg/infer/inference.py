@@ -216,7 +216,7 @@ def run_inference(
                     image_types[image_id] = kind
                     type_rows.append(_cell_type_row(image_id, kind, type_probs[k], has_probs))
                     t = time.perf_counter()
-                    labels = ens.decode(probs[k], kind)
+                    labels = ens.decode(probs[k], kind, raw[k])
                     timing["postprocess"] += time.perf_counter() - t
                     t = time.perf_counter()
                     masks = rle.encode_labels(labels)

@@ -306,7 +306,7 @@ def _label_groups(ens: Any, by_shape: Mapping[tuple[int, int], list[tuple[Path, 
                     entry["status"] = f"skipped: cell type uncertain ({top:.3f} < " \
                                       f"{min_type_prob})"
                     continue
-                labels = ens.decode(probs[i], kind)
+                labels = ens.decode(probs[i], kind, image)
                 seed_thr = float(ens.params[kind].get("seed_threshold", 0.5))
                 kept, conf, n_pred = select_cells(probs[i], labels, seed_thr, thresholds[kind])
                 entry["cells_predicted"], entry["cells_kept"] = n_pred, int(conf.size)

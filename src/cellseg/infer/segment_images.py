@@ -8,7 +8,9 @@ and come out, per image ``NAME``, as
 * ``NAME_labels.tif``: label image at the input's size, 0 = background, cells 1..n (uint16;
   uint32 when an image has more than 65,535 cells);
 * ``NAME_cells.csv``: one row per cell (``skimage.measure.regionprops_table``) with the
-  image's cell type and a confidence (mean body probability inside the cell);
+  image's cell type and a confidence (the tuned per-cell model's probability that the cell is
+  right, cellseg.postprocess.confidence; mean body probability inside the cell when the
+  experiment has no such model);
 * ``NAME_overlay.png``: image | cells, at most :data:`OVERLAY_MAX_SIDE` px wide per panel;
 * with ``rois=True``, ``NAME_rois.zip``: one ImageJ polygon ROI per cell (``roifile``), which
   Fiji's ROI Manager and QuPath import.
@@ -289,7 +291,7 @@ class SegmentResult:
     """One image's segmentation at the input's size, with how it was made."""
 
     labels: np.ndarray  # int32 H x W, 0 = background, 1..n consecutive
-    confidence: np.ndarray  # float32 (n + 1,), mean body probability per id (index 0 unused)
+    confidence: np.ndarray  # float32 (n + 1,), per id (index 0 unused): FoldEnsemble.decode_scored
     cell_type: str
     type_probs: np.ndarray  # (3,) or (0,)
     model_shape: tuple[int, int]
@@ -353,14 +355,15 @@ def _tile_batches(tiles: list[tuple[Span, Span]], batch: int
     return batches
 
 
-def _paste_tile(labels: np.ndarray, tl: np.ndarray, body: np.ndarray, r: Span, c: Span,
+def _paste_tile(labels: np.ndarray, tl: np.ndarray, conf: np.ndarray, r: Span, c: Span,
                 next_id: int) -> tuple[np.ndarray, int] | None:
     """Paste one tile's cells into ``labels`` (in place) as ids ``next_id, next_id + 1, ...``.
 
-    A tile keeps the cells whose centre lies in its core; a cell mostly pasted already by a
-    neighbouring tile is the same cell and is skipped. Returns ``(each pasted cell's mean
-    body probability, how many pasted cells touch an inner tile edge)``, or None when the
-    tile has no cell.
+    ``tl`` holds the tile's cells as 1..n and ``conf[i - 1]`` cell i's confidence
+    (:meth:`~cellseg.infer.ensemble.FoldEnsemble.decode_scored`). A tile keeps the cells
+    whose centre lies in its core; a cell mostly pasted already by a neighbouring tile is the
+    same cell and is skipped. Returns ``(each pasted cell's confidence, how many pasted cells
+    touch an inner tile edge)``, or None when the tile has no cell.
     """
     n = int(tl.max())
     if n == 0:
@@ -372,7 +375,6 @@ def _paste_tile(labels: np.ndarray, tl: np.ndarray, body: np.ndarray, r: Span, c
     yy, xx = np.divmod(np.arange(flat.size), tw)
     cy = np.bincount(flat, weights=yy, minlength=n + 1) / np.maximum(area, 1)
     cx = np.bincount(flat, weights=xx, minlength=n + 1) / np.maximum(area, 1)
-    body_sum = np.bincount(flat, weights=body.ravel(), minlength=n + 1)
     gy, gx = cy + r.start, cx + c.start
     keep = ((gy >= r.core_lo) & (gy < r.core_hi) & (gx >= c.core_lo)
             & (gx < c.core_hi) & (area > 0))
@@ -399,7 +401,7 @@ def _paste_tile(labels: np.ndarray, tl: np.ndarray, body: np.ndarray, r: Span, c
     mapped = lut[tl]
     free = (mapped > 0) & (region == 0)
     region[free] = mapped[free]
-    return (body_sum[ids] / area[ids]).astype(np.float32), int((keep & on_edge).sum())
+    return np.asarray(conf, np.float32)[ids - 1], int((keep & on_edge).sum())
 
 
 def segment_array(
@@ -465,10 +467,11 @@ def segment_array(
             timing["model"] += time.perf_counter() - t
             for k, (r, c) in enumerate(chunk):
                 t = time.perf_counter()
-                tl = ens.decode(probs[k], kind)
+                tl, tconf = ens.decode_scored(probs[k], kind,
+                                              work[r.start:r.stop, c.start:c.stop])
                 timing["decode"] += time.perf_counter() - t
                 t = time.perf_counter()
-                pasted = _paste_tile(labels, tl, probs[k][..., 0], r, c, next_id)
+                pasted = _paste_tile(labels, tl, tconf, r, c, next_id)
                 if pasted is not None:
                     conf, n_cut = pasted
                     conf_parts.append(conf)

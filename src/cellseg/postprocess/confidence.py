@@ -8,11 +8,13 @@ matching: :func:`cellseg.metrics.error_analysis.error_analysis`, strictly IoU > 
 competition counts it).
 
 Training must be cross-fitted (:func:`cross_fit_groups`): no image is scored by a model that
-saw its cells. ``bench/confidence_cv.py`` measures whether a cut-off on this probability raises
-the held-out score. Measured on the real subset (bench/results/confidence_cv.md, 2026-12-05):
-+0.009 overall held out, but astro -0.009 and, on other networks, shsy5y down to -0.024; only
-cort gains every time (+0.01). So **infer, segment and the package do not use it**: it stays a
-measured tool until a per-type filter is confirmed on more folds (issue 22 item 4).
+saw its cells. ``tune.py`` does it on the OOF images (:mod:`cellseg.tune.confidence_fit`):
+leave-one-image-out confidences, a cut-off per type chosen where it raises the OOF score
+(:func:`choose_cutoff`, scored exactly by :class:`ScoredImage`), then one model fitted on
+every OOF cell, saved beside ``postprocess.yaml``. ``infer``, ``segment``, ``pseudo_label``,
+``export`` and the Kaggle package apply it (:class:`cellseg.infer.ensemble.FoldEnsemble`).
+Measured on the 40 real images out of fold (bench/results/confidence_cv_5fold*.md): about
++0.01 held out, every type up at tuning seed 42.
 
 Model files: ``skops.io`` (``.skops``, a zip of JSON and arrays; loading executes no pickled
 code) with an explicit list of trusted types (:data:`TRUSTED_TYPES`); a file holding any other
@@ -35,6 +37,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cellseg import fileio
 from cellseg.constants import CELL_TYPES
 
 #: Feature columns of :func:`cell_features`, in order.
@@ -209,6 +212,93 @@ def filter_cells(labels: np.ndarray, ids: np.ndarray, keep: np.ndarray) -> np.nd
 
 
 # --------------------------------------------------------------------------------------------
+# Exact scores of filtered label images
+# --------------------------------------------------------------------------------------------
+
+
+class ScoredImage:
+    """One decoded image whose score can be recomputed for any subset of its cells.
+
+    A pair's IoU does not depend on the other predicted cells, so the candidate pairs
+    (IoU > 0.5) are found once and each subset is scored by the metric's own matching
+    (:func:`cellseg.metrics.score.match_candidates`): the same figure the competition metric
+    gives the filtered label image, without decoding or overlapping again.
+
+    Attributes:
+        ids: the decoded cells' ids (sorted, as :func:`cell_features`).
+        y: 1 where a cell matches a true cell at IoU 0.5 (:func:`match_labels`).
+    """
+
+    def __init__(self, truth: Any, labels: np.ndarray) -> None:
+        from cellseg.metrics.score import overlap
+
+        ov = overlap(truth, labels)
+        self.ids = np.asarray(ov.pred_ids)
+        ids_m, self.y = match_labels(truth, labels)
+        if not np.array_equal(ids_m, self.ids):
+            raise ValueError("ScoredImage: the matcher and the overlap disagree on the cell ids")
+        self.n_true = int(ov.inter.shape[0])
+        flat = np.flatnonzero(ov.inter)
+        pr, pc = np.divmod(flat, max(ov.inter.shape[1], 1))
+        inter = ov.inter.ravel()[flat]
+        iou = inter / (ov.true_area[pr] + ov.pred_area[pc] - inter)
+        keep = iou > 0.5
+        self.rows, self.cols, self.iou = pr[keep], pc[keep], iou[keep]
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.size)
+
+    def score(self, keep: np.ndarray | None = None) -> tuple[float, float]:
+        """``(competition score, mean matched IoU at 0.5)`` keeping only the cells where
+        ``keep`` (all cells when None)."""
+        from cellseg.constants import IOU_THRESHOLDS
+        from cellseg.metrics.score import MatchResult, match_candidates
+
+        keep = np.ones(self.n, bool) if keep is None else np.asarray(keep, bool)
+        m = keep[self.cols]
+        r, c, v = self.rows[m], self.cols[m], self.iou[m]
+        n_pred = int(keep.sum())
+        tp = []
+        mean_iou = float("nan")
+        for t in IOU_THRESHOLDS:
+            sel = v > t
+            rr, cc = match_candidates(r[sel], c[sel], v[sel])
+            tp.append(rr.size)
+            if t == IOU_THRESHOLDS[0] and rr.size:
+                lookup = {(a, b): x for a, b, x in zip(r[sel], c[sel], v[sel])}
+                mean_iou = float(np.mean([lookup[(a, b)] for a, b in zip(rr, cc)]))
+        tp_arr = np.asarray(tp, np.int64)
+        res = MatchResult(np.asarray(IOU_THRESHOLDS, np.float64), tp_arr, n_pred - tp_arr,
+                          self.n_true - tp_arr, self.n_true, n_pred)
+        return res.score, mean_iou
+
+
+#: Cut-offs :func:`choose_cutoff` tries (0 = keep every cell).
+CUTOFF_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(19))  # 0 .. 0.9
+
+
+def cutoff_score_table(images: Sequence[tuple[ScoredImage, np.ndarray]],
+                       grid: Sequence[float] = CUTOFF_GRID) -> np.ndarray:
+    """Score of each image (rows; each given with its cells' confidences) at each cut-off of
+    ``grid`` (columns)."""
+    return np.array([[im.score(p >= v)[0] for v in grid] for im, p in images],
+                    np.float64).reshape(len(images), len(grid))
+
+
+def best_cutoff(mean_scores: np.ndarray, grid: Sequence[float] = CUTOFF_GRID) -> float:
+    """The cut-off of ``grid`` with the best mean score; ties (to 1e-9) go to the least
+    filtering, so a filter that does not help is 0 (off)."""
+    return float(grid[int(np.argmax(np.round(np.asarray(mean_scores), 9)))])
+
+
+def choose_cutoff(images: Sequence[tuple[ScoredImage, np.ndarray]],
+                  grid: Sequence[float] = CUTOFF_GRID) -> float:
+    """The best cut-off of ``grid`` on ``images`` (:func:`best_cutoff` of their mean)."""
+    return best_cutoff(cutoff_score_table(images, grid).mean(axis=0), grid)
+
+
+# --------------------------------------------------------------------------------------------
 # Cross-fitting
 # --------------------------------------------------------------------------------------------
 
@@ -322,7 +412,7 @@ class CellConfidence:
                 "sklearn": sklearn.__version__, "skops": skops.__version__,
                 "features": list(FEATURE_NAMES), "trusted_types": list(TRUSTED_TYPES)}
         self.record = side
-        path.with_suffix(".json").write_text(json.dumps(side, indent=2, default=str) + "\n")
+        fileio.write_text(path.with_suffix(".json"), json.dumps(side, indent=2, default=str) + "\n")
         return path
 
     @classmethod
@@ -395,13 +485,18 @@ def ids_hash(image_ids: Iterable[str]) -> str:
 
 
 __all__ = [
+    "CUTOFF_GRID",
     "FEATURE_NAMES",
     "TRUSTED_TYPES",
     "CellConfidence",
     "ConfidenceModelError",
+    "ScoredImage",
+    "best_cutoff",
     "cell_features",
+    "choose_cutoff",
     "cross_fit_groups",
     "cross_fit_predict",
+    "cutoff_score_table",
     "filter_cells",
     "ids_hash",
     "match_labels",

@@ -24,12 +24,17 @@ config's :class:`~cellseg.config.PostprocessParams` (the one place each default 
         best_trial: 12
         held_out_score: 0.39 # chosen on half the images, scored on the other half
         oof_fingerprint: 5be0...   # hash of the OOF maps + truth (the Optuna study's name)
+        confidence_cutoff: 0.25    # drop cells whose confidence is below (0 = no filter)
+        confidence_score: 0.42     # OOF score with that cut-off (cross-fitted confidences)
+    confidence_model: confidence-3f2a9c01d4e5.skops  # per-cell confidence model beside this
+                                      # file (cellseg.postprocess.confidence; record in .json)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +51,7 @@ from cellseg.experiment import POSTPROCESS_FILE
 
 #: The keys of the file's top level, in the order they are written.
 _RUN_KEYS = ("method", "experiment", "folds", "heads", "tta", "models", "date", "storage",
-             "optuna", "source")
+             "optuna", "source", "confidence_model")
 _DEEP_KNOBS = frozenset(f.name for f in dataclasses.fields(PostprocessParams))
 
 
@@ -79,6 +84,8 @@ class TunedCellType:
     best_trial: int | None = None
     held_out_score: float | None = None
     oof_fingerprint: str = ""
+    confidence_cutoff: float = 0.0
+    confidence_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The entry of the file's ``cell_types`` mapping (plain YAML types)."""
@@ -93,6 +100,8 @@ class TunedCellType:
             "best_trial": self.best_trial,
             "held_out_score": _round(self.held_out_score),
             "oof_fingerprint": self.oof_fingerprint,
+            "confidence_cutoff": round(float(self.confidence_cutoff), 6),
+            "confidence_score": _round(self.confidence_score),
         }
 
     @classmethod
@@ -102,6 +111,9 @@ class TunedCellType:
             raise ValueError(f"{where}.params must be a mapping")
         known = {f.name for f in dataclasses.fields(cls)} - {"params"}
         given = {k: v for k, v in entry.items() if k in known and v is not None}
+        cut = given.get("confidence_cutoff", 0.0)
+        if isinstance(cut, bool) or not isinstance(cut, (int, float)) or not 0 <= cut <= 1:
+            raise ValueError(f"{where}.confidence_cutoff must be a number in [0, 1], got {cut!r}")
         return cls(params=dict(entry["params"]), **given)
 
 
@@ -120,6 +132,7 @@ class TunedPostprocess:
     storage: str | None = None
     optuna: str | None = None
     source: str | None = None  # set by export: where the parameters came from
+    confidence_model: str | None = None  # file name beside this one (None = no filter)
 
     # ------------------------------------------------------------------ file format
     def to_dict(self) -> dict[str, Any]:
@@ -130,7 +143,8 @@ class TunedPostprocess:
             value = getattr(self, key)
             if key in ("heads", "tta", "models") and self.method != "deep":
                 continue
-            if key in ("experiment", "date", "storage", "optuna", "source") and value is None:
+            if key in ("experiment", "date", "storage", "optuna", "source",
+                       "confidence_model") and value is None:
                 continue
             doc[key] = {int(k): str(v) for k, v in value.items()} if key == "models" else value
         doc["cell_types"] = {t: self.cell_types[t].to_dict() for t in CELL_TYPES
@@ -177,7 +191,8 @@ class TunedPostprocess:
                    models=({int(k): str(v) for k, v in models.items()}
                            if isinstance(models, dict) else {}),
                    date=doc.get("date"), storage=doc.get("storage"), optuna=doc.get("optuna"),
-                   source=doc.get("source"))
+                   source=doc.get("source"),
+                   confidence_model=_model_file_name(doc.get("confidence_model"), path))
 
     @classmethod
     def find(cls, exp_dir: str | os.PathLike,
@@ -187,6 +202,34 @@ class TunedPostprocess:
         return cls.read(path) if path.is_file() else None
 
     # ------------------------------------------------------------------ use
+    def cutoffs(self) -> dict[str, float]:
+        """Each tuned type's confidence cut-off (0 = keep every cell)."""
+        return {t: float(e.confidence_cutoff) for t, e in self.cell_types.items()}
+
+    def load_confidence(self, exp_dir: str | os.PathLike) -> Any:
+        """The per-cell confidence model this file names (a
+        :class:`~cellseg.postprocess.confidence.CellConfidence`), or None when it names none
+        or every cut-off is 0.
+
+        Raises:
+            ConfidenceModelError: the named model is missing, altered or unsafe.
+        """
+        if self.confidence_model is None or not any(v > 0 for v in self.cutoffs().values()):
+            return None
+        from cellseg.postprocess.confidence import CellConfidence
+
+        return CellConfidence.load(Path(exp_dir) / self.confidence_model)
+
+    def copy_confidence(self, exp_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
+        """Copy the confidence model this file names (``.skops`` and its ``.json`` record)
+        from ``exp_dir`` into ``out_dir``, beside a copy of this file; checked first
+        (:meth:`load_confidence`), so a broken model fails here, not in the kernel."""
+        if self.load_confidence(exp_dir) is None:
+            return
+        for suffix in (".skops", ".json"):
+            name = Path(str(self.confidence_model)).with_suffix(suffix).name
+            shutil.copy2(Path(exp_dir) / name, Path(out_dir) / name)
+
     def params_by_type(self, base: PostprocessParams) -> dict[str, dict[str, Any]]:
         """Every cell type's decoding knobs: ``base`` (the config's defaults) overlaid with
         the tuned values of the types the file holds."""
@@ -209,6 +252,18 @@ class TunedPostprocess:
         if changed:
             reasons.append(f"fold model(s) {changed} retrained since tuning")
         return reasons
+
+
+def _model_file_name(value: Any, path: Path) -> str | None:
+    """``confidence_model``: a plain file name beside the YAML file (never a path: a file
+    from someone else's package must not point the loader elsewhere)."""
+    if value is None:
+        return None
+    name = str(value)
+    if Path(name).name != name or name in ("", ".", "..") or not name.endswith(".skops"):
+        raise ValueError(f"{path}: confidence_model must be a .skops file name beside it, got "
+                         f"{value!r}")
+    return name
 
 
 def model_digest(path: str | os.PathLike) -> str:

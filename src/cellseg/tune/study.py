@@ -45,7 +45,7 @@ from cellseg import experiment
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.data_root import TrainData
-from cellseg.exceptions import TuningError
+from cellseg.exceptions import DataError, TuningError
 from cellseg.experiment import (
     BEST_MODEL,
     CLASSICAL_POSTPROCESS_FILE,
@@ -314,6 +314,7 @@ class TuningReport:
     output_path: Path
     storage: str
     tuned: TunedPostprocess
+    confidence: Any = None  # cellseg.tune.confidence_fit.ConfidenceFit, or None
 
     def table(self) -> str:
         """The end-of-run table: type, images, default score, tuned score on the images that
@@ -330,6 +331,8 @@ class TuningReport:
         lines.append("in-sample: scored on the images that chose the parameters (optimistic); "
                      "held-out: chosen on half of the images, scored on the other half, both "
                      "ways")
+        if self.confidence is not None:
+            lines += ["", self.confidence.table()]
         return "\n".join(lines)
 
 
@@ -445,6 +448,12 @@ def run_tuning(
     exp_dir = cfg.experiment_dir()
     folds = parse_folds(folds)
     parse_storage(storage, exp_dir)  # fail on a typo before loading the images
+    if data is None:
+        try:
+            data = TrainData(cfg.data.root)
+        except DataError as exc:
+            raise TuningError(f"cannot read the training data (truth for the OOF images): "
+                              f"{exc}") from None
     sets = load_eval_sets(cfg, method, folds, cell_types, data=data, log=log)
     defaults = method_defaults(cfg, method)
     space = SEARCH_SPACES[method]
@@ -476,9 +485,42 @@ def run_tuning(
         **tuned_on(exp_dir, tuned_folds, method),
         date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         storage=label, optuna=optuna.__version__)
+    confidence = None
+    if method == "deep" and cfg.tune.confidence:
+        confidence = _fit_confidence(cfg, sets, data, tuned, log)
     tuned.write(out_path)
     return TuningReport(method=method, results=results, output_path=out_path, storage=label,
-                        tuned=tuned)
+                        tuned=tuned, confidence=confidence)
+
+
+def _fit_confidence(cfg: Config, sets: Mapping[str, EvalSet], data: TrainData,
+                    tuned: TunedPostprocess, log: Callable[[str], None] | None) -> Any:
+    """Fit the per-cell confidence filter on the sets just tuned (:mod:`.confidence_fit`),
+    save it beside the tuned file and record its cut-offs in ``tuned``. Types kept from an
+    earlier run (``--cell-types`` subset) get no filter: the new model never saw them."""
+    from cellseg.experiment import CONFIDENCE_MODEL
+    from cellseg.tune.confidence_fit import fit_confidence_filter
+
+    params = tuned.params_by_type(cfg.postprocess)
+    if log:
+        log("fitting the per-cell confidence filter on the OOF cells (tune.confidence)")
+    fit = fit_confidence_filter(
+        sets, data, params, seed=cfg.seed,
+        record={"experiment": cfg.name, "folds": tuned.folds, "models": tuned.models,
+                "cell_types": sorted(sets)}, log=log)
+    for t, entry in tuned.cell_types.items():
+        f = fit.types.get(t) if fit is not None else None
+        entry.confidence_cutoff = f.cutoff if f is not None else 0.0
+        entry.confidence_score = f.filtered if f is not None else None
+        if f is None and t not in sets and log:
+            log(f"[{t}] kept from the earlier tuning without a confidence filter (re-tune it "
+                f"with the other types to fit one)")
+    if fit is None or not any(f.cutoff > 0 for f in fit.types.values()):
+        tuned.confidence_model = None
+        return fit
+    path = fit.model.save(cfg.experiment_dir() / f"{CONFIDENCE_MODEL}-{fit.digest}")
+    tuned.confidence_model = path.name
+    return fit
 
 
 __all__ = [
