@@ -186,6 +186,16 @@ def _collect_from_folds_csv(data: TrainData, folds: list[int] | None
     return {t: sorted(grouped[t], key=lambda r: r[1]) for t in CELL_TYPES if t in grouped}
 
 
+def open_train_data(cfg: Config) -> TrainData:
+    """The experiment's training data root (the truth of the OOF images), or a TuningError
+    saying why it cannot be read."""
+    try:
+        return TrainData(cfg.data.root)
+    except DataError as exc:
+        raise TuningError(f"cannot read the training data (truth for the OOF images): "
+                          f"{exc}") from None
+
+
 def load_eval_sets(
     cfg: Config,
     method: str = "deep",
@@ -219,11 +229,7 @@ def load_eval_sets(
     wanted = _check_cell_types(cell_types)
     folds = parse_folds(folds)
     if data is None:
-        try:
-            data = TrainData(cfg.data.root)
-        except DataError as exc:
-            raise TuningError(f"cannot read the training data (truth for the OOF images): "
-                              f"{exc}") from None
+        data = open_train_data(cfg)
     exp_dir = cfg.experiment_dir()
     has_oof = next(iter(oof.iter_oof_files(exp_dir, folds)), None) is not None
     if method == "classical" and not has_oof:
@@ -286,4 +292,4 @@ def load_eval_sets(
     return sets
 
 
-__all__ = ["METHODS", "EvalSet", "collect_oof", "load_eval_sets"]
+__all__ = ["METHODS", "EvalSet", "collect_oof", "load_eval_sets", "open_train_data"]

@@ -45,7 +45,7 @@ from cellseg import experiment
 from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.data.data_root import TrainData
-from cellseg.exceptions import DataError, TuningError
+from cellseg.exceptions import TuningError
 from cellseg.experiment import (
     BEST_MODEL,
     CLASSICAL_POSTPROCESS_FILE,
@@ -65,7 +65,13 @@ from cellseg.postprocess.search_space import (
     SearchRange,
     suggest_params,
 )
-from cellseg.tune.eval_sets import METHODS, EvalSet, load_eval_sets, parse_folds
+from cellseg.tune.eval_sets import (
+    METHODS,
+    EvalSet,
+    load_eval_sets,
+    open_train_data,
+    parse_folds,
+)
 from cellseg.tune.scoring import Evaluator
 from cellseg.tune.storage import (
     default_storage,
@@ -449,11 +455,7 @@ def run_tuning(
     folds = parse_folds(folds)
     parse_storage(storage, exp_dir)  # fail on a typo before loading the images
     if data is None:
-        try:
-            data = TrainData(cfg.data.root)
-        except DataError as exc:
-            raise TuningError(f"cannot read the training data (truth for the OOF images): "
-                              f"{exc}") from None
+        data = open_train_data(cfg)
     sets = load_eval_sets(cfg, method, folds, cell_types, data=data, log=log)
     defaults = method_defaults(cfg, method)
     space = SEARCH_SPACES[method]
