@@ -181,6 +181,12 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
     table = pd.DataFrame(rows)
     held = held_out_tuning(sets, cfg, n_trials, cfg.tune.seed)
     table["tuned_held_out"] = np.nan
+    # The chain's last step: tune.py's per-cell confidence filter, measured held out the same
+    # way (bench/confidence_cv.py: cross-fitted confidences, each image's cut-off chosen on
+    # the other images of its type).
+    from confidence_cv import decode_cells, evaluate
+
+    filtered = evaluate(decode_cells(sets, data, held), clf_seed=0)["table"]
     summary = []
     for cell_type, group in [*table.groupby("cell_type"), ("overall", table)]:
         summary.append({
@@ -188,6 +194,8 @@ def analyse(cfg, exp_dir: Path, folds: list[int], n_trials: int, n_overlays: int
             "untuned": group["untuned"].mean(),
             "tuned_held_out": (np.mean([held[t]["score"] for t in group["cell_type"]])
                                if all(t in held for t in group["cell_type"]) else np.nan),
+            "tuned_held_out_filter": float(filtered[filtered["id"].isin(group["id"])]
+                                           ["cutoff"].mean()),
             "tuned_in_sample": group["tuned_in_sample"].mean(),
             "as_inferred": group["as_inferred"].mean(),
             "type_accuracy": (group["pred_cell_type"] == group["cell_type"]).mean(),
@@ -271,10 +279,12 @@ def main(argv: list[str] | None = None) -> int:
                       "epochs": res["epochs_run"], "best_epoch": res["best_epoch"]}
     results.update(steps=log, folds=train_s,
                    chain_minutes=None if args.analyse_only else round(chain_s / 60, 2))
-    headers = ["cell type", "images", "untuned", "tuned (held out)", "tuned (in-sample)",
-               "as inferred", "type accuracy"]
+    headers = ["cell type", "images", "untuned", "tuned (held out)",
+               "+ confidence filter (held out)", "tuned (in-sample)", "as inferred",
+               "type accuracy"]
     rows = [[r["cell_type"], r["images"], r["untuned"], r["tuned_held_out"],
-             r["tuned_in_sample"], r["as_inferred"], r["type_accuracy"]]
+             r["tuned_held_out_filter"], r["tuned_in_sample"], r["as_inferred"],
+             r["type_accuracy"]]
             for r in results["summary"]]
     import pandas as pd
 
@@ -312,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
              "'tuned (in-sample)' chose its parameters on the images it is scored on; "
              "'tuned (held out)' tunes on half of a type's OOF images and scores the other "
              "half, both ways.",
+             "'+ confidence filter (held out)': the held-out decoding, then tune.py's "
+             "per-cell confidence filter (bench/confidence_cv.py's protocol: confidences "
+             "cross-fitted leave-one-image-out, each image's cut-off chosen on the other "
+             "images of its type); the whole chain's held-out estimate.",
              "'as inferred' uses the predicted cell type's parameters, like infer.py."]
     report = make_report(args.name, {"config": args.config, "exp": args.exp, "folds": folds,
                                      "n_folds": args.n_folds, "n_trials": n_trials,

@@ -24,6 +24,7 @@ import common
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCORES = (("untuned", "untuned"), ("tuned_held_out", "tuned, held out"),
+          ("tuned_held_out_filter", "+ confidence filter, held out"),
           ("tuned_in_sample", "tuned, in-sample"))
 
 
@@ -64,9 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             rec = {"run": name, "label": label, "cell_type": r["cell_type"],
                    "images": r["images"]}
             for key, _ in SCORES:
-                delta = r[key] - ref[r["cell_type"]][key] if r["cell_type"] in ref else None
-                row += [r[key], None if name == runs[0][0] else delta]
-                rec[key] = r[key]
+                # Runs measured before a score existed lack it: shown as blank.
+                value, first = r.get(key), ref.get(r["cell_type"], {}).get(key)
+                delta = value - first if value is not None and first is not None else None
+                row += [value, None if name == runs[0][0] else delta]
+                rec[key] = value
                 rec[f"{key}_delta"] = delta
             err = errors.get(r["cell_type"], {})
             # Runs measured before the what-if scores existed have no score_outlines.
