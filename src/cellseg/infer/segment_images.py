@@ -605,6 +605,7 @@ def run_settings(ens: Any, scale: float, channel: int | None, tile: int, overlap
     from cellseg.postprocess.tuned import model_digest
 
     params = json.dumps(getattr(ens, "params", {}), sort_keys=True, default=str)
+    confidence = getattr(ens, "confidence", None)
     return {
         "models": {str(k): model_digest(p) for k, p in getattr(ens, "model_files", [])},
         "folds": [int(k) for k in getattr(ens, "folds", [])],
@@ -613,6 +614,11 @@ def run_settings(ens: Any, scale: float, channel: int | None, tile: int, overlap
         "cell_type": getattr(ens, "cell_type_override", None),
         "classifiers": bool(getattr(ens, "classifiers", None)),
         "tuned_params_sha256": hashlib.sha256(params.encode()).hexdigest(),
+        # The per-cell confidence filter drops cells and fills the confidence column.
+        "confidence_model_sha256": (None if confidence is None
+                                    else confidence.record.get("sha256")),
+        "confidence_cutoffs": ({t: float(v) for t, v in sorted(ens.cutoffs.items())}
+                               if confidence is not None else {}),
         "scale": float(scale), "channel": channel, "tile": int(tile),
         "tile_overlap": int(overlap),
     }
