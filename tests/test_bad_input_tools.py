@@ -129,6 +129,42 @@ def truncated_model(w: Workspace) -> None:
     truncate(exp_dir / "fold0" / "best.keras", 0.5)
 
 
+def _with_confidence_model(w: Workspace) -> Path:
+    """The stand-in experiment with a per-cell confidence model named in postprocess.yaml."""
+    from cellseg.postprocess.confidence import FEATURE_NAMES, CellConfidence
+
+    exp_dir = w.work / "exp" / "blobs"
+    shutil.copytree(Path(os.environ["_TOOLS_EXP"]), exp_dir)
+    X = np.random.default_rng(0).uniform(0, 1, (200, len(FEATURE_NAMES)))
+    model = CellConfidence().fit(X, (X[:, 0] > 0.5).astype(int)).save(
+        exp_dir / "confidence-00000000000b")
+    doc = fileio.read_yaml(exp_dir / "postprocess.yaml") \
+        if (exp_dir / "postprocess.yaml").is_file() else {"method": "deep", "cell_types": {}}
+    doc["confidence_model"] = model.name
+    doc["cell_types"]["cort"] = {**doc["cell_types"].get("cort", {"params": {}}),
+                                 "confidence_cutoff": 0.3}
+    fileio.write_yaml(exp_dir / "postprocess.yaml", doc)
+    return model
+
+
+def altered_confidence_model(w: Workspace) -> None:
+    model = _with_confidence_model(w)
+    model.write_bytes(model.read_bytes() + b"\0")
+
+
+def pickled_confidence_model(w: Workspace) -> None:
+    """A pickle in place of the skops file, with a record that matches it."""
+    import hashlib
+    import pickle
+
+    model = _with_confidence_model(w)
+    payload = pickle.dumps({"not": "a skops file"})
+    model.write_bytes(payload)
+    record = json.loads(model.with_suffix(".json").read_text())
+    record["sha256"] = hashlib.sha256(payload).hexdigest()
+    model.with_suffix(".json").write_text(json.dumps(record))
+
+
 SEG = ["{work}/imgs"]
 EXP_HERE = ["--set", "output_dir={work}/exp"]
 COCO_IN = ["--images", "{work}/imgs", "--annotations", "{work}/coco.json",
@@ -173,6 +209,12 @@ CASES: dict[str, list[Case]] = {
              ["fold0", "no trained model", "fold0.replaced"]),
         Case("truncated_model", truncated_model, [*SEG, "--out", "{out}/s", *EXP_HERE],
              ["best.keras", "exists but is not a loadable Keras model", "truncated"]),
+        Case("altered_confidence_model", altered_confidence_model,
+             [*SEG, "--out", "{out}/s", *EXP_HERE],
+             ["confidence-00000000000b.skops", "sha256 differs", "infer.confidence=false"]),
+        Case("pickled_confidence_model", pickled_confidence_model,
+             [*SEG, "--out", "{out}/s", *EXP_HERE],
+             ["confidence-00000000000b.skops", "not a skops model file"]),
     ],
     "convert_coco": [
         Case("overwrite_corrupt_image_keeps_root", corrupt_image,
