@@ -138,6 +138,28 @@ def test_tuning_beats_defaults_for_every_type(cfg):
                                                   abs=1e-6)
 
 
+@pytest.mark.parametrize("confidence", [True, False])
+def test_no_cutoff_outlives_the_model_it_was_chosen_with(cfg, confidence):
+    """A type kept from an earlier tuning (--cell-types subset) loses its confidence cut-off:
+    the model it was chosen with is replaced; with tune.confidence false none is named."""
+    tuned.TunedPostprocess(
+        cell_types={"astro": tuned.TunedCellType(params={"min_area": 12},
+                                                 confidence_cutoff=0.4)},
+        confidence_model="confidence-0123456789ab.skops",
+    ).write(cfg.experiment_dir() / "postprocess.yaml")
+    cfg.tune.confidence = confidence
+    report = run_tuning(cfg, n_trials=1, cell_types=["cort"], plots=False, log=None)
+    again = tuned.TunedPostprocess.read(report.output_path)
+    assert again.cell_types["astro"].params == {"min_area": 12}  # kept
+    assert again.cell_types["astro"].confidence_cutoff == 0.0
+    if not confidence:
+        assert again.confidence_model is None and report.confidence is None
+        assert again.cutoffs() == {"astro": 0.0, "cort": 0.0}
+    elif again.confidence_model is not None:
+        assert again.confidence_model != "confidence-0123456789ab.skops"
+        assert (cfg.experiment_dir() / again.confidence_model).is_file()
+
+
 def test_interrupted_study_resumes(cfg):
     run_tuning(cfg, n_trials=3, cell_types=["cort"], plots=False, log=None)
     report = run_tuning(cfg, n_trials=3, cell_types=["cort"], plots=False, log=None)

@@ -490,6 +490,9 @@ def run_tuning(
     confidence = None
     if method == "deep" and cfg.tune.confidence:
         confidence = _fit_confidence(cfg, sets, data, tuned, log)
+    else:  # no model: no cut-off may survive from an earlier file
+        for entry in tuned.cell_types.values():
+            entry.confidence_cutoff, entry.confidence_score = 0.0, None
     tuned.write(out_path)
     return TuningReport(method=method, results=results, output_path=out_path, storage=label,
                         tuned=tuned, confidence=confidence)
