@@ -10,10 +10,15 @@ import pytest
 from cellseg.constants import CELL_TYPES
 from cellseg.data.synthetic import make_image
 from cellseg.model.celltype import (
+    FEATURE_NAMES,
+    FEATURES_VERSION,
     CellTypeClassifier,
     CellTypeClassifierError,
+    augment_image,
+    choose_cell_type,
     ensemble_proba,
     image_features,
+    training_features,
 )
 
 REAL_SUBSET = Path(__file__).resolve().parents[2] / "shared" / "real_subset"
@@ -62,9 +67,10 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CellTypeClassifierError, match="bad.json"):
         CellTypeClassifier.load(tmp_path / "bad.json")
-    (tmp_path / "old.json").write_text('{"feature_version": 0}')
-    with pytest.raises(CellTypeClassifierError, match="feature version"):
-        CellTypeClassifier.load(tmp_path / "old.json")
+    for old in range(FEATURES_VERSION):  # files of older feature versions: retrain
+        (tmp_path / "old.json").write_text(f'{{"feature_version": {old}}}')
+        with pytest.raises(CellTypeClassifierError, match="feature version"):
+            CellTypeClassifier.load(tmp_path / "old.json")
 
 
 def test_two_types_only_gives_zero_for_the_third():
@@ -94,3 +100,66 @@ def test_real_images_out_of_fold():
         pred[test] = [CELL_TYPES[i] for i in clf.predict_proba(feats[test]).argmax(1)]
     assert set(pred) == set(CELL_TYPES)
     assert (pred == types).mean() >= 0.9, list(zip(types, pred))
+
+
+def test_feature_names_match_features():
+    img = np.random.default_rng(5).integers(0, 255, (96, 128)).astype(np.uint8)
+    f = image_features(img)
+    assert f.shape == (len(FEATURE_NAMES),) and np.all(np.isfinite(f))
+    assert len(set(FEATURE_NAMES)) == len(FEATURE_NAMES)
+    assert np.all(np.isfinite(image_features(np.full((32, 40), 7, np.uint8))))  # blank image
+
+
+def test_probabilities_ignore_global_brightness_and_contrast():
+    """The features are ratios, shares and counts: a gain and an offset change no probability."""
+    x, y = _synthetic(3, seed=6)
+    clf = CellTypeClassifier.fit(np.stack([image_features(i) for i in x]), y)
+    p = clf.predict_images(x)
+    for gain, offset in ((0.5, 30.0), (1.7, -20.0)):
+        q = clf.predict_images([i.astype(np.float32) * gain + offset for i in x])
+        np.testing.assert_allclose(q, p, atol=0.01)  # float rounding at count thresholds
+
+
+def test_augment_image_and_training_features_are_seeded():
+    img = make_image("astro", np.random.default_rng(7), 130, 176)[0]
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        a = augment_image(img, rng)
+        assert a.dtype == np.uint8 and a.ndim == 2 and min(a.shape) >= 8
+    x, y = _synthetic(1, seed=8)
+    f1, t1 = training_features(x, y, n_augment=2, seed=3)
+    f2, t2 = training_features(x, y, n_augment=2, seed=3)
+    assert f1.shape == (3 * len(x), len(FEATURE_NAMES)) and t1 == t2
+    assert t1 == [t for t in y for _ in range(3)]
+    np.testing.assert_array_equal(f1, f2)
+    with pytest.raises(ValueError, match="images for"):
+        training_features(x, y[:-1])
+
+
+def test_fit_images_round_trip(tmp_path):
+    x, y = _synthetic(2, seed=9)
+    clf = CellTypeClassifier.fit_images(x, y, n_augment=1, seed=0)
+    assert clf.n_train == {t: 2 for t in CELL_TYPES}  # images, not augmented rows
+    clf.save(tmp_path / "c.json")
+    again = CellTypeClassifier.load(tmp_path / "c.json")
+    np.testing.assert_allclose(again.predict_images(x), clf.predict_images(x), atol=1e-6)
+
+
+def test_choose_cell_type():
+    scores = {"shsy5y": {"shsy5y": 0.14, "astro": 0.05, "cort": 0.12},
+              "astro": {"shsy5y": 0.02, "astro": 0.05, "cort": 0.035},
+              "cort": {"shsy5y": 0.25, "astro": 0.08, "cort": 0.29}}
+    p = np.zeros(len(CELL_TYPES))
+    p[CELL_TYPES.index("astro")], p[CELL_TYPES.index("shsy5y")] = 0.9, 0.1
+    sure = choose_cell_type(p, routing_scores=scores)
+    assert sure.cell_type == "astro" and sure.confident and "most probable" in sure.reason
+    p[CELL_TYPES.index("astro")], p[CELL_TYPES.index("shsy5y")] = 0.55, 0.45
+    # unsure: astro's parameters cost a shsy5y image far more than shsy5y's cost an astro one
+    unsure = choose_cell_type(p, routing_scores=scores)
+    assert unsure.cell_type == "shsy5y" and not unsure.confident
+    assert "expected score" in unsure.reason
+    plain = choose_cell_type(p)  # no routing scores: the most probable type, flagged unsure
+    assert plain.cell_type == "astro" and not plain.confident
+    assert choose_cell_type(p, threshold=0.5, routing_scores=scores).cell_type == "astro"
+    with pytest.raises(ValueError, match="probabilities"):
+        choose_cell_type([0.5, 0.5])
