@@ -67,10 +67,28 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CellTypeClassifierError, match="bad.json"):
         CellTypeClassifier.load(tmp_path / "bad.json")
-    for old in range(FEATURES_VERSION):  # files of older feature versions: retrain
-        (tmp_path / "old.json").write_text(f'{{"feature_version": {old}}}')
+    for unknown in (0, FEATURES_VERSION + 1):  # versions this code cannot compute: retrain
+        (tmp_path / "old.json").write_text(f'{{"feature_version": {unknown}}}')
         with pytest.raises(CellTypeClassifierError, match="feature version"):
             CellTypeClassifier.load(tmp_path / "old.json")
+
+
+def test_version_1_classifiers_of_older_experiments_still_route_as_before(tmp_path):
+    """A classifier trained with version-1 features (experiments from before version 2)
+    loads and is fed version-1 features, alone or beside a version-2 one in an ensemble."""
+    from cellseg.model.celltype import image_features_v1
+
+    x, y = _synthetic(3, seed=5)
+    v1 = CellTypeClassifier.fit(np.stack([image_features_v1(i) for i in x]), y)
+    v1.feature_version = 1
+    v1.save(tmp_path / "v1.json")
+    again = CellTypeClassifier.load(tmp_path / "v1.json")
+    assert again.feature_version == 1
+    expected = v1.predict_proba(np.stack([image_features_v1(i) for i in x[:2]]))
+    np.testing.assert_allclose(again.predict_images(x[:2]), expected, atol=1e-6)
+    v2 = CellTypeClassifier.fit(np.stack([image_features(i) for i in x]), y)
+    both = ensemble_proba([again, v2], x[:2])
+    np.testing.assert_allclose(both, (expected + v2.predict_images(x[:2])) / 2, atol=1e-6)
 
 
 def test_two_types_only_gives_zero_for_the_third():

@@ -312,3 +312,25 @@ def test_ensemble_decodes_with_the_cutoff_and_reports_confidences() -> None:
     labels, conf = plain.decode_scored(probs, "cort", image)
     assert labels.max() == 11
     np.testing.assert_allclose(np.sort(conf), [0.62] * 5 + [0.95] * 6, atol=1e-6)
+
+
+def test_ensemble_routes_an_uncertain_image_by_expected_score() -> None:
+    """Confident: the most probable type. Unsure (top < 0.6) with routing scores: the type
+    whose parameters are expected to score best; without routing scores: the most probable."""
+    from cellseg.infer.ensemble import FoldEnsemble
+
+    routing = {"shsy5y": {"shsy5y": 0.14, "astro": 0.05, "cort": 0.12},
+               "astro": {"shsy5y": 0.02, "astro": 0.05, "cort": 0.04},
+               "cort": {"shsy5y": 0.25, "astro": 0.08, "cort": 0.29}}
+    ens = FoldEnsemble(models=[], model_files=[], classifiers=[], params={}, routing=routing)
+    order = list(CELL_TYPES)
+    probs = np.zeros(3)
+    probs[[order.index("astro"), order.index("shsy5y")]] = [0.9, 0.1]
+    assert ens.cell_type(probs) == "astro"  # confident
+    probs[[order.index("astro"), order.index("shsy5y")]] = [0.55, 0.45]
+    # expected: shsy5y 0.45*0.14+0.55*0.02 = 0.074, astro 0.05, cort 0.45*0.12+0.55*0.04 = 0.076
+    assert ens.cell_type(probs) == "cort"
+    ens.routing = None
+    assert ens.cell_type(probs) == "astro"
+    ens.cell_type_override = "shsy5y"
+    assert ens.cell_type(probs) == "shsy5y"

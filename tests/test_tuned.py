@@ -30,7 +30,8 @@ def _tuned() -> TunedPostprocess:
                                             confidence_score=0.42)},
         experiment="e", folds=[0, 1], heads="mean", tta=["identity", "hflip"],
         models={0: "aa", 1: "bb"}, date="2026-12-05T00:00:00+00:00", storage="sqlite",
-        optuna="5.1.0", confidence_model="confidence-0123456789ab.skops")
+        optuna="5.1.0", confidence_model="confidence-0123456789ab.skops",
+        routing_scores={"shsy5y": {"shsy5y": 0.14, "astro": 0.05, "cort": 0.12}})
 
 
 def test_decoder_defaults_stand_in_postprocess_params_only():
@@ -49,7 +50,8 @@ def test_round_trip_keeps_every_field(tmp_path):
     assert again == tuned
     doc = yaml.safe_load(path.read_text())
     assert list(doc) == ["method", "experiment", "folds", "heads", "tta", "models", "date",
-                         "storage", "optuna", "confidence_model", "cell_types"]
+                         "storage", "optuna", "confidence_model", "routing_scores",
+                         "cell_types"]
     assert again.cutoffs() == {"shsy5y": 0.25}
 
 
@@ -81,6 +83,8 @@ def test_missing_file_warns_and_gives_the_config_defaults(tmp_path):
      "confidence_model must be a .skops file name beside it"),
     ({"confidence_model": "model.pkl", "cell_types": {"cort": {"params": {}}}},
      "confidence_model must be a .skops file name beside it"),
+    ({"routing_scores": {"cort": {"neuron": 0.2}}, "cell_types": {"cort": {"params": {}}}},
+     "routing_scores must map a cell type to a mapping of cell types to scores"),
 ])
 def test_read_names_the_file_and_the_bad_field(tmp_path, doc, message):
     path = tmp_path / "postprocess.yaml"

@@ -119,6 +119,10 @@ def test_tuning_beats_defaults_for_every_type(cfg):
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-history.png").is_file()
         assert (cfg.experiment_dir() / "tuning" / f"deep-{cell_type}-importances.png").is_file()
     assert doc["heads"] is None or isinstance(doc["heads"], str)
+    # What a wrong cell type costs: the diagonal is each type's own tuned OOF score.
+    for t, row in doc["routing_scores"].items():
+        assert set(row) == set(CELL_TYPES)
+        assert row[t] == pytest.approx(doc["cell_types"][t]["oof_score"], abs=1e-5)
     # The confidence filter (tune.confidence): a cut-off per type, and the model they use is
     # the file the YAML names, beside it, loadable; no cut-off above 0 -> no model named.
     cutoffs = {t: e["confidence_cutoff"] for t, e in doc["cell_types"].items()}

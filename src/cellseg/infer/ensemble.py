@@ -30,7 +30,7 @@ from cellseg.config import Config
 from cellseg.constants import CELL_TYPES
 from cellseg.exceptions import CellTypeClassifierError, InferenceError
 from cellseg.experiment import CLASSIFIER_FILE, find_fold_models
-from cellseg.model.celltype import CellTypeClassifier, ensemble_proba
+from cellseg.model.celltype import CellTypeClassifier, choose_cell_type, ensemble_proba
 from cellseg.readout import check_tta, parse_heads
 
 
@@ -71,6 +71,8 @@ class FoldEnsemble:
     confidence: Any = None
     #: cell type -> confidence cut-off (0 or absent = keep every decoded cell)
     cutoffs: dict[str, float] = field(default_factory=dict)
+    #: postprocess.yaml's routing_scores: how an uncertain image's type is chosen
+    routing: dict[str, dict[str, float]] | None = None
 
     @property
     def folds(self) -> list[int]:
@@ -109,7 +111,7 @@ class FoldEnsemble:
             InferenceError: bad options, no model, a damaged model or classifier, models
                 without a cell-type head and no override.
         """
-        from cellseg.postprocess.tuned import check_tuned_on, params_by_type
+        from cellseg.postprocess.tuned import TunedPostprocess, check_tuned_on, params_by_type
 
         heads = cfg.infer.heads if heads is None else heads
         tta = list(cfg.infer.tta if tta is None else tta)
@@ -120,8 +122,10 @@ class FoldEnsemble:
         model_files = find_fold_models(exp_dir, folds)
         classifiers = load_classifiers(model_files)
         params = params_by_type(exp_dir, cfg, warn=warn_untuned)
-        confidence, cutoffs = (load_confidence_filter(exp_dir) if cfg.infer.confidence
+        tuned = TunedPostprocess.find(exp_dir)
+        confidence, cutoffs = (load_confidence_filter(tuned, exp_dir) if cfg.infer.confidence
                                else (None, {}))
+        routing = tuned.routing_scores if tuned is not None else None
 
         try:
             tta = check_tta(tta)
@@ -152,7 +156,7 @@ class FoldEnsemble:
                    params=params, heads=heads, tta=tta,
                    batch_size=max(int(cfg.infer.batch_size), 1),
                    cell_type_override=cell_type, model_load_s=load_s,
-                   confidence=confidence, cutoffs=cutoffs)
+                   confidence=confidence, cutoffs=cutoffs, routing=routing)
 
     def predict(self, raw_images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Probability maps ``(N, H, W, C)`` float32 and cell-type probabilities ``(N, 3)``.
@@ -181,10 +185,12 @@ class FoldEnsemble:
                               batch_size=batch_size or self.batch_size)
 
     def cell_type(self, type_probs: np.ndarray) -> str:
-        """The override, else the most probable type of one image's probabilities."""
+        """The override, else :func:`~cellseg.model.celltype.choose_cell_type`: the most
+        probable type, or, when its probability is below 0.6 and the tuning measured what each
+        wrong type costs (``routing_scores``), the type with the best expected score."""
         if self.cell_type_override is not None:
             return self.cell_type_override
-        return CELL_TYPES[int(np.argmax(type_probs))]
+        return choose_cell_type(type_probs, routing_scores=self.routing).cell_type
 
     def decode(self, probs: np.ndarray, cell_type: str, image: np.ndarray) -> np.ndarray:
         """One image's instance labels (H x W int32): ``cell_type``'s tuned parameters, then
@@ -221,14 +227,13 @@ class FoldEnsemble:
         return lut[labels], np.asarray(p, np.float32)
 
 
-def load_confidence_filter(exp_dir: str | os.PathLike) -> tuple[Any, dict[str, float]]:
-    """The experiment's per-cell confidence model and cut-offs (``postprocess.yaml``), or
-    ``(None, {})`` without one; a named model that is missing or unsafe is an
-    InferenceError."""
+def load_confidence_filter(tuned: Any, exp_dir: str | os.PathLike
+                           ) -> tuple[Any, dict[str, float]]:
+    """The per-cell confidence model and cut-offs that ``tuned`` (the experiment's
+    :class:`~cellseg.postprocess.tuned.TunedPostprocess`, or None) names, or ``(None, {})``
+    without one; a named model that is missing or unsafe is an InferenceError."""
     from cellseg.postprocess.confidence import ConfidenceModelError
-    from cellseg.postprocess.tuned import TunedPostprocess
 
-    tuned = TunedPostprocess.find(exp_dir)
     if tuned is None:
         return None, {}
     try:

@@ -146,6 +146,50 @@ def image_features(image: np.ndarray) -> np.ndarray:
 FEATURE_NAMES: tuple[str, ...] = tuple(_feature_names())
 
 
+# Version 1 (2026-12-01 .. 12-05)
+_V1_SCALES = (1, 2, 4, 8, 16)
+_V1_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+_V1_SPECTRUM_EDGES = np.geomspace(0.005, 0.5, 9)
+
+
+def image_features_v1(image: np.ndarray) -> np.ndarray:
+    """Version 1 of :func:`image_features` (intensity percentiles, local contrast, band-pass
+    energy, gradient, radial power spectrum), kept so that classifiers of experiments trained
+    before version 2 still load and route as they did.
+
+    Args:
+        image: one grayscale image (H x W, any numeric dtype); it is standardised first, so
+            brightness and contrast of the microscope do not matter.
+    """
+    x = np.asarray(image, np.float32)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 2 or min(x.shape) < 8:
+        raise ValueError(f"image_features: expected a 2-D image of at least 8x8, got {x.shape}")
+    x = (x - x.mean()) / (x.std() + 1e-6)
+    feats: list[float] = [float(v) for v in np.percentile(x, _V1_PERCENTILES)]
+    prev = x
+    for s in _V1_SCALES:
+        mean = cv2.GaussianBlur(x, (0, 0), s)
+        local_std = np.sqrt(np.maximum(cv2.GaussianBlur(x * x, (0, 0), s) - mean * mean, 0))
+        feats += [float(local_std.mean()), float(local_std.std()),
+                  float(np.percentile(local_std, 90))]
+        feats.append(float(np.abs(prev - mean).mean()))  # band-pass energy at this scale
+        prev = mean
+    grad = np.hypot(cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1))
+    feats += [float(grad.mean()), float(grad.std())]
+    power = np.abs(np.fft.rfft2(x)) ** 2
+    radius = np.hypot(np.fft.fftfreq(x.shape[0])[:, None], np.fft.rfftfreq(x.shape[1])[None])
+    total = float(power.sum()) + 1e-12
+    for lo, hi in zip(_V1_SPECTRUM_EDGES[:-1], _V1_SPECTRUM_EDGES[1:]):
+        feats.append(float(np.log(power[(radius >= lo) & (radius < hi)].sum() / total + 1e-12)))
+    return np.asarray(feats, np.float64)
+
+
+#: Feature function of each version a classifier file may hold.
+FEATURE_FUNCTIONS: dict[int, Any] = {1: image_features_v1, 2: image_features}
+
+
 def augment_image(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One randomly degraded copy of an image (uint8), for training the classifier to ignore
     what differs between microscopes and sessions: gamma, contrast, brightness, focus,
@@ -288,8 +332,10 @@ class CellTypeClassifier:
         return out
 
     def predict_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities for whole images (each any size)."""
-        return self.predict_proba(np.stack([image_features(im) for im in images]))
+        """Probabilities for whole images (each any size), with the features of this
+        classifier's version."""
+        features = FEATURE_FUNCTIONS[self.feature_version]
+        return self.predict_proba(np.stack([features(im) for im in images]))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "cellseg.CellTypeClassifier", "feature_version": self.feature_version,
@@ -307,16 +353,17 @@ class CellTypeClassifier:
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
-            if raw.get("feature_version") != FEATURES_VERSION:
+            if raw.get("feature_version") not in FEATURE_FUNCTIONS:
                 raise CellTypeClassifierError(
                     f"feature version {raw.get('feature_version')!r}, this code computes "
-                    f"version {FEATURES_VERSION}; retrain the fold")
+                    f"versions {sorted(FEATURE_FUNCTIONS)}; retrain the fold")
             clf = cls(classes=[str(t) for t in raw["classes"]],
                       mean=np.asarray(raw["mean"], np.float64),
                       scale=np.asarray(raw["scale"], np.float64),
                       coef=np.asarray(raw["coef"], np.float64),
                       intercept=np.asarray(raw["intercept"], np.float64),
-                      n_train={str(k): int(v) for k, v in raw["n_train"].items()})
+                      n_train={str(k): int(v) for k, v in raw["n_train"].items()},
+                      feature_version=int(raw["feature_version"]))
         except CellTypeClassifierError as exc:
             raise CellTypeClassifierError(f"{path}: {exc}") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -332,11 +379,14 @@ class CellTypeClassifier:
 
 def ensemble_proba(classifiers: Sequence[CellTypeClassifier],
                    images: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean probability over classifiers (e.g. one per fold), features computed once."""
+    """Mean probability over classifiers (e.g. one per fold), features computed once per
+    feature version."""
     if not classifiers:
         raise ValueError("ensemble_proba: no classifiers")
-    feats = np.stack([image_features(im) for im in images])
-    return np.mean([c.predict_proba(feats) for c in classifiers], axis=0).astype(np.float32)
+    feats = {v: np.stack([FEATURE_FUNCTIONS[v](im) for im in images])
+             for v in sorted({c.feature_version for c in classifiers})}
+    return np.mean([c.predict_proba(feats[c.feature_version]) for c in classifiers],
+                   axis=0).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -388,6 +438,7 @@ def choose_cell_type(probs: Sequence[float] | np.ndarray, threshold: float = 0.6
 
 
 __all__ = [
+    "FEATURE_FUNCTIONS",
     "FEATURE_NAMES",
     "CellTypeChoice",
     "CellTypeClassifier",
@@ -396,5 +447,6 @@ __all__ = [
     "choose_cell_type",
     "ensemble_proba",
     "image_features",
+    "image_features_v1",
     "training_features",
 ]

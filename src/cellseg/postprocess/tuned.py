@@ -28,6 +28,9 @@ config's :class:`~cellseg.config.PostprocessParams` (the one place each default 
         confidence_score: 0.42     # OOF score with that cut-off (cross-fitted confidences)
     confidence_model: confidence-3f2a9c01d4e5.skops  # per-cell confidence model beside this
                                       # file (cellseg.postprocess.confidence; record in .json)
+    routing_scores:          # [true type][parameters used] -> mean OOF score; an image whose
+      shsy5y: {shsy5y: 0.14, astro: 0.05, cort: 0.12}   # type is uncertain gets the type with
+      ...                    # the best expected score (cellseg.model.celltype.choose_cell_type)
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from cellseg.experiment import POSTPROCESS_FILE
 
 #: The keys of the file's top level, in the order they are written.
 _RUN_KEYS = ("method", "experiment", "folds", "heads", "tta", "models", "date", "storage",
-             "optuna", "source", "confidence_model")
+             "optuna", "source", "confidence_model", "routing_scores")
 _DEEP_KNOBS = frozenset(f.name for f in dataclasses.fields(PostprocessParams))
 
 
@@ -133,6 +136,7 @@ class TunedPostprocess:
     optuna: str | None = None
     source: str | None = None  # set by export: where the parameters came from
     confidence_model: str | None = None  # file name beside this one (None = no filter)
+    routing_scores: dict[str, dict[str, float]] | None = None  # see the module doc
 
     # ------------------------------------------------------------------ file format
     def to_dict(self) -> dict[str, Any]:
@@ -144,7 +148,7 @@ class TunedPostprocess:
             if key in ("heads", "tta", "models") and self.method != "deep":
                 continue
             if key in ("experiment", "date", "storage", "optuna", "source",
-                       "confidence_model") and value is None:
+                       "confidence_model", "routing_scores") and value is None:
                 continue
             doc[key] = {int(k): str(v) for k, v in value.items()} if key == "models" else value
         doc["cell_types"] = {t: self.cell_types[t].to_dict() for t in CELL_TYPES
@@ -192,7 +196,8 @@ class TunedPostprocess:
                            if isinstance(models, dict) else {}),
                    date=doc.get("date"), storage=doc.get("storage"), optuna=doc.get("optuna"),
                    source=doc.get("source"),
-                   confidence_model=_model_file_name(doc.get("confidence_model"), path))
+                   confidence_model=_model_file_name(doc.get("confidence_model"), path),
+                   routing_scores=_routing_scores(doc.get("routing_scores"), path))
 
     @classmethod
     def find(cls, exp_dir: str | os.PathLike,
@@ -252,6 +257,20 @@ class TunedPostprocess:
         if changed:
             reasons.append(f"fold model(s) {changed} retrained since tuning")
         return reasons
+
+
+def _routing_scores(value: Any, path: Path) -> dict[str, dict[str, float]] | None:
+    """``routing_scores``: a mapping true type -> routed type -> score, known types only."""
+    if value is None:
+        return None
+    ok = isinstance(value, Mapping) and all(
+        t in CELL_TYPES and isinstance(row, Mapping)
+        and all(r in CELL_TYPES and isinstance(v, (int, float)) and not isinstance(v, bool)
+                for r, v in row.items()) for t, row in value.items())
+    if not ok:
+        raise ValueError(f"{path}: routing_scores must map a cell type to a mapping of cell "
+                         f"types to scores ({list(CELL_TYPES)}), got {value!r}")
+    return {str(t): {str(r): float(v) for r, v in row.items()} for t, row in value.items()}
 
 
 def _model_file_name(value: Any, path: Path) -> str | None:

@@ -48,7 +48,7 @@ from cellseg.experiment import (
     STATE_FILE,
     fold_of,
 )
-from cellseg.model.celltype import CellTypeClassifier, image_features
+from cellseg.model.celltype import CellTypeClassifier
 from cellseg.model.losses import compile_kwargs
 from cellseg.model.network import build_model, output_names
 from cellseg.train import oof
@@ -379,9 +379,11 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
 
 
 def train_cell_type_classifier(samples: list[Sample], seed: int = 0) -> CellTypeClassifier:
-    """The whole-image cell-type classifier of a fold, from its training images."""
-    feats = np.stack([image_features(s.image) for s in samples])
-    return CellTypeClassifier.fit(feats, [s.cell_type for s in samples], seed=seed)
+    """The whole-image cell-type classifier of a fold, from its training images and seeded,
+    degraded copies of them (:meth:`CellTypeClassifier.fit_images`: blur, noise, uneven
+    illumination must not change an image's type; bench/results/celltype_stress.md)."""
+    return CellTypeClassifier.fit_images([s.image for s in samples],
+                                         [s.cell_type for s in samples], seed=seed)
 
 
 def classifier_probs(classifier: CellTypeClassifier, samples: list[Sample]

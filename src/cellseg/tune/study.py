@@ -493,9 +493,23 @@ def run_tuning(
     else:  # no model: no cut-off may survive from an earlier file
         for entry in tuned.cell_types.values():
             entry.confidence_cutoff, entry.confidence_score = 0.0, None
+    if method == "deep":
+        tuned.routing_scores = routing_scores(sets, tuned.params_by_type(cfg.postprocess))
     tuned.write(out_path)
     return TuningReport(method=method, results=results, output_path=out_path, storage=label,
                         tuned=tuned, confidence=confidence)
+
+
+def routing_scores(sets: Mapping[str, EvalSet], params: Mapping[str, Mapping[str, Any]]
+                   ) -> dict[str, dict[str, float]]:
+    """``[true type][routed type]``: mean OOF score of each type's images decoded with every
+    type's parameters. What a wrong cell type costs, for routing an image whose type is
+    uncertain (:func:`cellseg.model.celltype.choose_cell_type`). The diagonal was tuned on
+    the same images (optimistic), which only makes the rule keep the most probable type more
+    often."""
+    with Evaluator(sets, n_jobs=1) as evaluator:
+        return {t: {r: round(float(evaluator.score(t, dict(params[r]))), 6) for r in CELL_TYPES}
+                for t in sets}
 
 
 def _fit_confidence(cfg: Config, sets: Mapping[str, EvalSet], data: TrainData,
@@ -538,6 +552,7 @@ __all__ = [
     "TuningReport",
     "held_out_score",
     "method_defaults",
+    "routing_scores",
     "run_tuning",
     "sampler_seed",
     "tune_cell_type",
