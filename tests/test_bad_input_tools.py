@@ -362,7 +362,7 @@ def _paused(cmd: list[str], point: str, cwd: Path, tmp: Path, sig: int
     flag = tmp / f"paused-{time.monotonic_ns()}"
     env = {**os.environ, fileio.PAUSE_ENV: point, fileio.PAUSE_FILE_ENV: str(flag)}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 240
     while not flag.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -370,7 +370,10 @@ def _paused(cmd: list[str], point: str, cwd: Path, tmp: Path, sig: int
             out, err = proc.communicate()
             pytest.fail(f"never reached {point} (exit {proc.returncode}):\n{err[-3000:]}")
         time.sleep(0.1)
-    proc.send_signal(sig)
+    if sig == signal.SIGKILL:  # a kill takes any helper process holding the pipes with it
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
