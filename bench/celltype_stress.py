@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -62,36 +61,8 @@ C_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
 
 
 # ------------------------------------------------------------------------ frozen v1 features
-_V1_SCALES = (1, 2, 4, 8, 16)
-_V1_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-_V1_SPECTRUM_EDGES = np.geomspace(0.005, 0.5, 9)
-
-
-def features_v1(image: np.ndarray) -> np.ndarray:
-    """The classifier's features before this study (FEATURES_VERSION 1), frozen here."""
-    x = np.asarray(image, np.float32)
-    x = (x - x.mean()) / (x.std() + 1e-6)
-    feats: list[float] = [float(v) for v in np.percentile(x, _V1_PERCENTILES)]
-    prev = x
-    for s in _V1_SCALES:
-        mean = cv2.GaussianBlur(x, (0, 0), s)
-        local_std = np.sqrt(np.maximum(cv2.GaussianBlur(x * x, (0, 0), s) - mean * mean, 0))
-        feats += [float(local_std.mean()), float(local_std.std()),
-                  float(np.percentile(local_std, 90))]
-        feats.append(float(np.abs(prev - mean).mean()))
-        prev = mean
-    grad = np.hypot(cv2.Sobel(x, cv2.CV_32F, 1, 0), cv2.Sobel(x, cv2.CV_32F, 0, 1))
-    feats += [float(grad.mean()), float(grad.std())]
-    power = np.abs(np.fft.rfft2(x)) ** 2
-    radius = np.hypot(np.fft.fftfreq(x.shape[0])[:, None], np.fft.rfftfreq(x.shape[1])[None])
-    total = float(power.sum()) + 1e-12
-    for lo, hi in itertools.pairwise(_V1_SPECTRUM_EDGES):
-        feats.append(float(np.log(power[(radius >= lo) & (radius < hi)].sum() / total + 1e-12)))
-    return np.asarray(feats, np.float64)
-
-
 FEATURE_SETS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "v1": features_v1,
+    "v1": celltype.image_features_v1,  # the classifier's features before this study
     f"v{celltype.FEATURES_VERSION}": celltype.image_features,
 }
 
