@@ -61,6 +61,7 @@ class AugmentConfig:
     rotate90: bool = True
     shift_scale_rotate: bool = True
     scale_limit: float = 0.15
+    elastic: float = 0.0  # probability of an elastic deformation (cellseg.train.augment)
     brightness_contrast: float = 0.2
     gamma: bool = True
     blur: bool = True
@@ -90,6 +91,9 @@ class TrainConfig:
     # (cellseg.model.losses.outline_weights); 0 = plain BCE.
     outline_weight: float = 0.0
     outline_width: int = 2
+    # Body channel's per-image Lovász IoU loss (cellseg.model.losses.lovasz_jaccard_per_image)
+    # on top of BCE + Dice; 0 = off.
+    lovasz_weight: float = 0.0
     border_radius_max: int = 4  # cap of the touching band's half-width (cellseg.model.targets)
     mixed_precision: bool = False
     xla: bool = False
@@ -334,6 +338,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("augment", "crop_size"): (0, None, True),
     ("augment", "foreground_crop_p"): (0, 1, False),
     ("augment", "scale_limit"): (0, None, False),
+    ("augment", "elastic"): (0, 1, False),
     ("augment", "brightness_contrast"): (0, None, False),
     ("train", "epochs"): (1, None, False),
     ("train", "steps_per_epoch"): (1, None, False),
@@ -350,6 +355,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("train", "dice_weight"): (0, None, False),
     ("train", "cell_type_weight"): (0, None, False),
     ("train", "outline_weight"): (0, None, False),
+    ("train", "lovasz_weight"): (0, None, False),
     ("train", "outline_width"): (1, None, False),
     ("train", "border_radius_max"): (1, None, False),
     ("train", "workers"): (0, None, False),

@@ -8,6 +8,10 @@ combination used by the 2018 DSB winners. With ``outline_weight`` > 0 the BCE is
 mean whose pixels within ``outline_width`` px of a true body outline weigh ``1 +
 outline_weight`` (U-Net's border weights, here for every outline): real cells are found but
 drawn loosely, and plain BCE spends almost all of its weight on easy interior and background.
+With ``lovasz_weight`` > 0 the body channel also gets the Lovász extension of the Jaccard loss
+(Berman et al. 2018, the probability form of their Lovász-Softmax), per image: a convex
+surrogate of ``1 - IoU`` that equals it exactly on binary predictions, so the loss pays for
+each outline pixel in proportion to what it costs that crop's IoU.
 
 Soft Dice is computed over the whole batch per channel (sums over B, H, W), not per image:
 a crop with no touching cells has an empty border target, and per-image Dice would then be a
@@ -39,6 +43,7 @@ class LossWeights(Protocol):
     dice_weight: float
     cell_type_weight: float
     outline_weight: float
+    lovasz_weight: float
     outline_width: int
 
 
@@ -76,6 +81,29 @@ def weighted_bce_per_channel(y_true: Any, y_pred: Any, weights: Any) -> Any:
     return ops.sum(bce * w, axis=0) / ops.sum(w)
 
 
+def lovasz_jaccard_per_image(y_true: Any, y_pred: Any) -> Any:
+    """Lovász extension of ``1 - IoU`` for one channel, shape ``(B,)``.
+
+    ``y_true`` and ``y_pred`` are ``(B, H, W)`` in [0, 1]. The pixel errors ``|y - p|`` are
+    sorted in decreasing order and weighted by the IoU lost as each enters the error set (the
+    Lovász gradient), which is why the value equals ``1 - IoU(y, p > 0.5)`` when ``p`` is 0/1.
+    A crop with no foreground costs its largest error.
+    """
+    b = ops.shape(y_pred)[0]
+    t = ops.reshape(ops.cast(y_true > 0.5, y_pred.dtype), (b, -1))
+    p = ops.reshape(y_pred, (b, -1))
+    errors = ops.abs(t - p)
+    order = ops.argsort(-errors, axis=-1)
+    errors_sorted = ops.take_along_axis(errors, order, axis=-1)
+    t_sorted = ops.stop_gradient(ops.take_along_axis(t, order, axis=-1))
+    gts = ops.sum(t_sorted, axis=-1, keepdims=True)
+    inter = gts - ops.cumsum(t_sorted, axis=-1)
+    union = gts + ops.cumsum(1.0 - t_sorted, axis=-1)
+    jaccard = 1.0 - inter / union  # union >= 1 from the first pixel on
+    grad = ops.concatenate([jaccard[:, :1], jaccard[:, 1:] - jaccard[:, :-1]], axis=-1)
+    return ops.sum(errors_sorted * ops.stop_gradient(grad), axis=-1)
+
+
 def soft_dice_per_channel(y_true: Any, y_pred: Any, smooth: float = 1.0) -> Any:
     """Soft Dice coefficient per channel over the whole batch, shape ``(C,)``, in [0, 1].
 
@@ -99,6 +127,7 @@ class BceDiceLoss(keras.losses.Loss):
         dice_weight: multiplier of the ``1 - Dice`` term.
         smooth: Dice smoothing constant (in pixels).
         outline_weight, outline_width: extra BCE weight near true outlines (module doc).
+        lovasz_weight: multiplier of the body channel's per-image Lovász IoU loss (module doc).
     """
 
     def __init__(
@@ -109,6 +138,7 @@ class BceDiceLoss(keras.losses.Loss):
         smooth: float = 1.0,
         outline_weight: float = 0.0,
         outline_width: int = 2,
+        lovasz_weight: float = 0.0,
         name: str = "bce_dice",
         reduction: str | None = "sum_over_batch_size",
         dtype: Any = None,
@@ -131,6 +161,9 @@ class BceDiceLoss(keras.losses.Loss):
                              f"outline_width={outline_width} >= 1")
         self.outline_weight = float(outline_weight)
         self.outline_width = int(outline_width)
+        if lovasz_weight < 0:
+            raise ValueError(f"BceDiceLoss: lovasz_weight={lovasz_weight} must be >= 0")
+        self.lovasz_weight = float(lovasz_weight)
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         _check_channels(y_pred, self.channel_weights)
@@ -147,6 +180,9 @@ class BceDiceLoss(keras.losses.Loss):
         if self.dice_weight:
             dice = soft_dice_per_channel(y_true, y_pred, self.smooth)
             total = total + self.dice_weight * ops.sum(w * (1.0 - dice))
+        if self.lovasz_weight:
+            lovasz = ops.mean(lovasz_jaccard_per_image(y_true[..., 0], y_pred[..., 0]))
+            total = total + self.lovasz_weight * w[0] * lovasz
         # One value per sample (all equal to the batch loss), not a scalar: Keras skips its
         # reduction for scalars, and with it the 1/num_replicas scaling that tf.distribute
         # needs, which doubled gradients and logged losses under MirroredStrategy.
@@ -162,6 +198,7 @@ class BceDiceLoss(keras.losses.Loss):
                 "smooth": self.smooth,
                 "outline_weight": self.outline_weight,
                 "outline_width": self.outline_width,
+                "lovasz_weight": self.lovasz_weight,
             }
         )
         return config
@@ -303,6 +340,7 @@ def build_losses(
             dice_weight=weights.dice_weight,
             outline_weight=weights.outline_weight,
             outline_width=weights.outline_width,
+            lovasz_weight=weights.lovasz_weight,
             name=f"{name}_bce_dice",
         )
         loss_weights[name] = 1.0 / len(seg)
