@@ -20,6 +20,7 @@ from cellseg.model.losses import (
     build_losses,
     build_metrics,
     compile_kwargs,
+    lovasz_jaccard_per_image,
 )
 from cellseg.model.network import AttentionGate, build_model, model_depth, model_info, prune_model
 
@@ -276,6 +277,38 @@ def test_outline_weighted_loss():
         BceDiceLoss(outline_weight=-1.0)
 
 
+def test_lovasz_equals_one_minus_iou_on_binary_predictions():
+    """The Lovász extension is exact on 0/1 predictions, per image; on soft predictions it is
+    finite, differentiable and zero only for a perfect map."""
+    rng = np.random.default_rng(3)
+    t = (rng.random((4, 20, 20)) > 0.6).astype(np.float32)
+    p = (rng.random((4, 20, 20)) > 0.5).astype(np.float32)
+    iou = (t * p).sum(axis=(1, 2)) / np.maximum(t, p).sum(axis=(1, 2))
+    np.testing.assert_allclose(np.asarray(lovasz_jaccard_per_image(t, p)), 1 - iou, rtol=1e-5)
+    assert np.asarray(lovasz_jaccard_per_image(t, t)) == pytest.approx(np.zeros(4))
+    soft = keras.Variable(rng.random((4, 20, 20)).astype(np.float32))
+    import tensorflow as tf
+    with tf.GradientTape() as tape:
+        value = keras.ops.mean(lovasz_jaccard_per_image(t, soft))
+    grad = tape.gradient(value, soft.value).numpy()
+    assert 0 < float(value) < 1 and np.isfinite(grad).all() and np.abs(grad).sum() > 0
+    # Moving a prediction toward its truth lowers the loss.
+    assert float(keras.ops.mean(lovasz_jaccard_per_image(t, 0.5 * (soft.numpy() + t)))) < float(value)
+
+
+def test_lovasz_term_adds_to_the_body_loss_and_survives_get_config():
+    t = np.zeros((2, 16, 16, 2), np.float32)
+    t[:, 4:12, 4:12, 0] = 1
+    p = np.clip(t + 0.3, 0.01, 0.99).astype("float32")
+    base, with_lovasz = BceDiceLoss(), BceDiceLoss(lovasz_weight=2.0)
+    lov = float(keras.ops.mean(lovasz_jaccard_per_image(t[..., 0], p[..., 0])))
+    assert float(keras.ops.mean(with_lovasz(t, p))) == pytest.approx(
+        float(keras.ops.mean(base(t, p))) + 2.0 * lov, rel=1e-5)
+    assert BceDiceLoss.from_config(with_lovasz.get_config()).lovasz_weight == 2.0
+    with pytest.raises(ValueError, match="lovasz_weight"):
+        BceDiceLoss(lovasz_weight=-0.5)
+
+
 def test_body_metrics():
     t = np.zeros((1, 4, 4, 2), "float32")
     t[0, :2, :, 0] = 1  # 8 body pixels
@@ -301,12 +334,14 @@ def test_build_losses_weights_and_names():
         cell_type_weight: float = 0.3
         outline_weight: float = 2.0
         outline_width: int = 1
+        lovasz_weight: float = 0.5
 
     loss, weights = build_losses(["seg1", "seg2", "seg3", "cell_type"], W())
     assert set(loss) == {"seg1", "seg2", "seg3", "cell_type"}
     assert weights["seg1"] == pytest.approx(1 / 3)
     assert weights["cell_type"] == pytest.approx(0.3)
     assert loss["seg1"].outline_weight == 2.0 and loss["seg1"].outline_width == 1
+    assert loss["seg2"].lovasz_weight == 0.5
     assert loss["seg3"].channel_weights == [2.0, 0.5]
     assert isinstance(loss["cell_type"], keras.losses.SparseCategoricalCrossentropy)
     loss, weights = build_losses(["seg4"], W(), sparse_cell_type=False)

@@ -53,8 +53,8 @@ def test_target_cache_roundtrip_and_key(tmp_path):
     assert annotation_key(rows) != annotation_key([rle.encode(box(s, 1, 5, 1, 4))])
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_augmentation_keeps_image_and_targets_aligned(seed):
+@pytest.mark.parametrize("seed,elastic", [(s, 0.0) for s in range(5)] + [(0, 1.0), (1, 1.0)])
+def test_augmentation_keeps_image_and_targets_aligned(seed, elastic):
     # The image encodes its own coordinates; targets are a binary version of the same pattern.
     rng = np.random.default_rng(seed)
     h, w = 96, 128
@@ -65,8 +65,9 @@ def test_augmentation_keeps_image_and_targets_aligned(seed):
         image[y - 4:y + 4, x - 4:x + 4] = 255
         targets[y - 4:y + 4, x - 4:x + 4, 0] = 1
     cfg = AugmentConfig(crop_size=64, brightness_contrast=0.0, gamma=False, blur=False,
-                        noise=False)
+                        noise=False, elastic=elastic)
     aug = build_augment(cfg, seed=seed)
+    assert any(type(t).__name__ == "ElasticTransform" for t in aug.transforms) == (elastic > 0)
     for _ in range(10):
         out_img, out_t = apply(aug, image, targets)
         assert out_img.shape == (64, 64) and out_t.shape == (64, 64, 2)
