@@ -121,8 +121,8 @@ class FoldEnsemble:
             raise InferenceError(f"cell type {cell_type!r} unknown; expected one of {CELL_TYPES}")
         model_files = find_fold_models(exp_dir, folds)
         classifiers = load_classifiers(model_files)
-        params = params_by_type(exp_dir, cfg, warn=warn_untuned)
-        tuned = TunedPostprocess.find(exp_dir)
+        tuned = TunedPostprocess.find(exp_dir)  # read once: every use below sees one file
+        params = params_by_type(exp_dir, cfg, warn=warn_untuned, tuned=tuned)
         confidence, cutoffs = (load_confidence_filter(tuned, exp_dir) if cfg.infer.confidence
                                else (None, {}))
         routing = tuned.routing_scores if tuned is not None else None
@@ -134,7 +134,7 @@ class FoldEnsemble:
 
         from cellseg.model.network import CELL_TYPE_OUTPUT, output_names  # TensorFlow from here on
 
-        check_tuned_on(exp_dir, heads, tta, list(model_files))
+        check_tuned_on(exp_dir, heads, tta, list(model_files), tuned=tuned)
         t0 = time.perf_counter()
         from cellseg.model.predict import load_models
 

@@ -290,7 +290,13 @@ def model_digest(path: str | os.PathLike) -> str:
     return fileio.file_digest(path, "sha1")[:16]
 
 
-def params_by_type(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
+#: Default of the ``tuned`` arguments below: read ``postprocess.yaml`` from ``exp_dir`` (a
+#: caller that has read it already passes what it read, even None, so one load sees one file).
+READ_FROM_EXP_DIR: Any = object()
+
+
+def params_by_type(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True,
+                   tuned: TunedPostprocess | None = READ_FROM_EXP_DIR
                    ) -> dict[str, dict[str, Any]]:
     """Per-cell-type decoding knobs of an experiment: its tuned file over the config's
     defaults; warns when the file is missing or lacks a type.
@@ -298,7 +304,8 @@ def params_by_type(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
     Raises:
         ValueError: a malformed file (:meth:`TunedPostprocess.read`).
     """
-    tuned = TunedPostprocess.find(exp_dir)
+    if tuned is READ_FROM_EXP_DIR:
+        tuned = TunedPostprocess.find(exp_dir)
     path = Path(exp_dir) / POSTPROCESS_FILE
     if tuned is None:
         if warn:
@@ -314,14 +321,16 @@ def params_by_type(exp_dir: str | os.PathLike, cfg: Config, warn: bool = True
 
 
 def check_tuned_on(exp_dir: str | os.PathLike, heads: str, tta: list[str],
-                   model_files: list[tuple[int, Path]]) -> list[str]:
+                   model_files: list[tuple[int, Path]],
+                   tuned: TunedPostprocess | None = READ_FROM_EXP_DIR) -> list[str]:
     """Warn (and return the reasons) when the experiment's tuned parameters were found on
     other maps than this run makes (:meth:`TunedPostprocess.mismatch`); an unreadable or
     missing file passes silently (reading the parameters reports it)."""
-    try:
-        tuned = TunedPostprocess.find(exp_dir)
-    except ValueError:
-        return []
+    if tuned is READ_FROM_EXP_DIR:
+        try:
+            tuned = TunedPostprocess.find(exp_dir)
+        except ValueError:
+            return []
     reasons = [] if tuned is None else tuned.mismatch(heads, tta, model_files)
     if reasons:
         warnings.warn(f"{Path(exp_dir) / POSTPROCESS_FILE} was tuned for other maps than this "
