@@ -159,12 +159,15 @@ GRIDS = {"cutoff": GRID_CUTOFF, "fraction": GRID_FRACTION, "low_body_cutoff": GR
 
 
 def choose(kind: str, others: list[tuple[ImageCells, Any]]) -> float:
-    """The grid value with the best mean score on ``others`` (ties -> least filtering)."""
+    """The grid value with the best mean score on ``others`` (ties -> least filtering, the
+    rule tune.py uses: :func:`cellseg.postprocess.confidence.best_cutoff`)."""
     import numpy as np
+
+    from cellseg.postprocess.confidence import best_cutoff
 
     means = [np.mean([c.score(keep_rule(kind, c, p, v))[0] for c, p in others])
              for v in GRIDS[kind]]
-    return GRIDS[kind][int(np.argmax(np.round(means, 9)))]
+    return best_cutoff(np.asarray(means), GRIDS[kind])
 
 
 def evaluate(cells: list[ImageCells], clf_seed: int) -> dict[str, Any]:
