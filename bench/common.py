@@ -279,6 +279,17 @@ def write_results(name: str, report: Mapping[str, Any], markdown_body: str,
     return json_path, md_path
 
 
+def publish(name: str, report: Mapping[str, Any], markdown_body: str, title: str,
+            out_dir: str | os.PathLike | None = None) -> int:
+    """:func:`write_results`, then print the body and where it went: the ending of a
+    bench script's ``main`` (returns its exit status, 0)."""
+    json_path, md_path = write_results(name, report, markdown_body, out_dir=out_dir,
+                                       title=title)
+    print(markdown_body)
+    print(f"wrote {md_path} and {json_path}")
+    return 0
+
+
 def _json_default(value: Any) -> Any:
     """NumPy scalars and arrays, paths: as plain JSON values."""
     if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:

@@ -42,7 +42,7 @@ from typing import Any
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, make_report, markdown_table, now_iso, start_info, write_results
+from common import REPO, make_report, markdown_table, now_iso, publish, start_info
 from real_cv import REAL_SUBSET, held_out_tuning
 
 from cellseg.postprocess.confidence import CUTOFF_GRID
@@ -103,12 +103,9 @@ def collect(args: argparse.Namespace) -> int:
                          notes=[("Same 16 out-of-fold images in every run; the networks "
                                 "differ (issue 22's steps), so the runs are not independent "
                                 "samples of the images.")], started=started)
-    json_path, md_path = write_results(args.name, report, body,
-                                       title="Per-cell confidence across networks "
-                                             "(bench/confidence_cv.py --collect)")
-    print(body)
-    print(f"wrote {md_path} and {json_path}")
-    return 0
+    return publish(args.name, report, body,
+                   title="Per-cell confidence across networks "
+                         "(bench/confidence_cv.py --collect)")
 
 
 class ImageCells:
@@ -434,12 +431,9 @@ def main(argv: list[str] | None = None) -> int:
                           "timings_per_seed": [r["timings"] for r in runs],
                           "model": str(path), "features": list(FEATURE_NAMES)},
                          notes=notes, started=started)
-    json_path, md_path = write_results(args.name, report, body,
-                                       title="Per-cell confidence, cross-fitted on real OOF "
-                                             "maps (bench/confidence_cv.py)")
-    print(body)
-    print(f"wrote {md_path} and {json_path}")
-    return 0
+    return publish(args.name, report, body,
+                   title="Per-cell confidence, cross-fitted on real OOF maps "
+                         "(bench/confidence_cv.py)")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import REPO, make_report, markdown_table, start_info, write_results  # noqa: E402
+from common import REPO, make_report, markdown_table, publish, start_info  # noqa: E402
 from real_cv import REAL_SUBSET, held_out_tuning  # noqa: E402
 
 
@@ -111,12 +111,9 @@ def main(argv: list[str] | None = None) -> int:
                                      "config": args.config},
                          {"rows": frame.replace({np.nan: None}).to_dict("records")},
                          notes=notes, started=started)
-    json_path, md_path = write_results(args.name, report, body,
-                                       title="Decoding variants on real OOF maps "
-                                             "(bench/decode_variants.py)")
-    print(body)
-    print(f"wrote {md_path} and {json_path}")
-    return 0
+    return publish(args.name, report, body,
+                   title="Decoding variants on real OOF maps "
+                         "(bench/decode_variants.py)")
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (
     make_report,
     markdown_table,
+    publish,
     quiet_tensorflow,
     start_info,
-    write_results,
 )
 from real_cv import REAL_SUBSET
 from tta_heads import BASE_TTA, tune_variant
@@ -380,12 +380,9 @@ def main(argv: list[str] | None = None) -> int:
                           "total_minutes": round((time.time() - t_all) / 60, 2)},
                          notes=notes, extra_packages=["opencv-python-headless", "optuna"],
                          started=started)
-    json_path, md_path = write_results(args.name, report, body, out_dir=args.out_dir,
-                                       title="Test-time image scale, held out on real OOF "
-                                             "images (bench/test_time_scale.py)")
-    print(body)
-    print(f"wrote {md_path} and {json_path}")
-    return 0
+    return publish(args.name, report, body, out_dir=args.out_dir,
+                   title="Test-time image scale, held out on real OOF images "
+                         "(bench/test_time_scale.py)")
 
 
 if __name__ == "__main__":

@@ -35,9 +35,9 @@ from common import (  # noqa: E402
     REPO,
     make_report,
     markdown_table,
+    publish,
     quiet_tensorflow,
     start_info,
-    write_results,
 )
 from real_cv import REAL_SUBSET, held_out_tuning  # noqa: E402
 
@@ -378,12 +378,9 @@ def main(argv: list[str] | None = None) -> int:
                           "tune_seconds": round(tune_s, 1),
                           "total_minutes": round((time.time() - t_all) / 60, 2)},
                          notes=notes, started=started)
-    json_path, md_path = write_results(args.name, report, body, out_dir=args.out_dir,
-                                       title="TTA and head modes, held out on real OOF "
-                                             "images (bench/tta_heads.py)")
-    print(body)
-    print(f"wrote {md_path} and {json_path}")
-    return 0
+    return publish(args.name, report, body, out_dir=args.out_dir,
+                   title="TTA and head modes, held out on real OOF images "
+                         "(bench/tta_heads.py)")
 
 
 if __name__ == "__main__":
