@@ -30,12 +30,14 @@ def variants() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
 
     smooth = {"smooth_sigma": SearchRange("float", 0.0, 2.0)}
     split = {"split_height": SearchRange("float", 0.0, 4.0)}
+    merge = {"merge_border": SearchRange("float", 0.0, 0.5)}
     return [
         ("tune.py's search (reference)", {}, {}),
         ("smooth_sigma 1.0 fixed", {"smooth_sigma": 1.0}, {}),
         ("smooth_sigma tuned 0-2", {}, smooth),
         ("split_height tuned 0-4", {}, split),
         ("smooth_sigma + split_height tuned", {}, {**smooth, **split}),
+        ("merge_border tuned 0-0.5", {}, merge),
     ]
 
 
@@ -47,6 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folds", default="0,1", help="its folds (default 0,1)")
     p.add_argument("--n-trials", type=int, default=None, help="Optuna trials per half")
     p.add_argument("--name", default="decode_variants", help="results file stem")
+    p.add_argument("--variants", default="",
+                   help="comma-separated indices into the variant list to run (default all; "
+                        "0, the reference, is always run)")
     return p.parse_args(argv)
 
 
@@ -79,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     n_trials = args.n_trials or cfg.tune.n_trials
     sets = load_eval_sets(cfg, "deep", folds=folds, log=None)
     rows = []
-    for name, fixed, extra in variants():
+    chosen = {0, *(int(i) for i in args.variants.split(",") if i.strip())}
+    for index, (name, fixed, extra) in enumerate(variants()):
+        if args.variants and index not in chosen:
+            continue
         print(f"variant: {name}", flush=True)
         held = held_out_tuning(sets, cfg, n_trials, cfg.tune.seed,
                                space={**DEEP_SEARCH_SPACE, **extra}, fixed=fixed)

@@ -16,6 +16,7 @@ from cellseg.postprocess.decode import (
     decode_instances,
     decode_with_params,
     fill_holes_per_instance,
+    merge_unbordered,
 )
 from cellseg.postprocess.search_space import (
     CLASSICAL_SEARCH_SPACE,
@@ -153,6 +154,31 @@ def test_split_height_splits_two_touching_disks_without_a_border():
     assert abs(int(areas[0]) - int(areas[1])) < 0.1 * areas.sum()
     assert two[20, 20] != two[20, 38]
     assert decode_instances(probs, split_height=20.0).max() == 1
+
+
+def test_merge_border_joins_a_watershed_split_but_not_touching_cells():
+    """Left: one cell whose body dims in the middle (two seeds, no border between them).
+    Right: two cells meeting on a drawn touching border. merge_border joins the left pair
+    only; 0 (off) keeps the split; labels stay 1..n."""
+    body = np.zeros((40, 80), np.float32)
+    border = np.zeros_like(body)
+    body[10:30, 5:35] = 0.9
+    body[10:30, 18:22] = 0.45  # the dim middle: below the seed threshold
+    body[10:30, 45:75] = 0.9
+    border[10:30, 59:61] = 0.9  # the touching band
+    probs = np.stack([body, border], -1)
+    kw = {"seed_threshold": 0.5, "mask_threshold": 0.3, "min_seed_area": 1, "min_area": 1}
+    split = decode_instances(probs, **kw)
+    assert split.max() == 4 and split[20, 10] != split[20, 30]
+    merged = decode_instances(probs, merge_border=0.3, **kw)
+    assert merged.max() == 3 and sorted(np.unique(merged)) == [0, 1, 2, 3]
+    assert merged[20, 10] == merged[20, 30] != 0
+    assert merged[20, 50] != merged[20, 70]
+    # Transitive merges and renumbering on a strip: 3-1 merge, 1|2 has a border, 4 apart.
+    lab = np.array([[3, 3, 1, 1, 2, 2, 0, 4]])
+    bor = np.array([[0, 0, 0, 0.9, 0.9, 0, 0, 0]], np.float32)
+    np.testing.assert_array_equal(merge_unbordered(lab, bor, 0.5), [[1, 1, 1, 1, 2, 2, 0, 3]])
+    np.testing.assert_array_equal(merge_unbordered(lab, bor, 0.0), lab)
 
 
 def test_centre_channel_seeds_split_touching_disks():

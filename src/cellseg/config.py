@@ -124,6 +124,7 @@ class PostprocessParams:
     connectivity: int = 1  # 1 = 4-neighbour, 2 = 8-neighbour
     smooth_sigma: float = 0.0  # Gaussian on the maps before thresholding; 0 = off
     split_height: float = 0.0  # h-maxima split of seeds at necks; 0 = off
+    merge_border: float = 0.0  # merge neighbours whose boundary's mean border prob is below
 
 
 @dataclass
@@ -363,6 +364,7 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {
     ("train", "time_budget_min"): (0, None, False),
     ("postprocess", "min_seed_area"): (0, None, False),
     ("postprocess", "min_area"): (0, None, False),
+    ("postprocess", "merge_border"): (0, 1, False),
     ("infer", "batch_size"): (1, None, False),
     ("tune", "n_trials"): (1, None, False),
     ("tune", "seed"): (0, None, False),
