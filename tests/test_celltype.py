@@ -154,6 +154,22 @@ def test_augment_image_and_training_features_are_seeded():
         training_features(x, y[:-1])
 
 
+def test_training_features_on_threads_give_the_serial_rows():
+    """Threads compute the features only; the copies come from one generator in order, so
+    the rows are those of the plain loop (each image, then its copies), for any thread count
+    and block boundary."""
+    x, y = _synthetic(3, seed=4)  # 9 images: more than one block of 4 x 2 threads
+    rng = np.random.default_rng(5)
+    expected = []
+    for image in x:
+        expected.append(image_features(image))
+        expected += [image_features(augment_image(image, rng)) for _ in range(2)]
+    for n_threads in (1, 2, 3):
+        feats, types = training_features(x, y, n_augment=2, seed=5, n_threads=n_threads)
+        np.testing.assert_array_equal(feats, np.stack(expected))
+        assert types == [t for t in y for _ in range(3)]
+
+
 def test_fit_images_round_trip(tmp_path):
     x, y = _synthetic(2, seed=9)
     clf = CellTypeClassifier.fit_images(x, y, n_augment=1, seed=0)

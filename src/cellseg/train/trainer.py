@@ -381,9 +381,11 @@ def finish_fold(cfg: Config, fold_dir: Path, val_samples: list[Sample],
 def train_cell_type_classifier(samples: list[Sample], seed: int = 0) -> CellTypeClassifier:
     """The whole-image cell-type classifier of a fold, from its training images and seeded,
     degraded copies of them (:meth:`CellTypeClassifier.fit_images`: blur, noise, uneven
-    illumination must not change an image's type; bench/results/celltype_stress.md)."""
+    illumination must not change an image's type; bench/results/celltype_stress.md). It runs
+    before the network trains, when every core is free, so its features use them all."""
     return CellTypeClassifier.fit_images([s.image for s in samples],
-                                         [s.cell_type for s in samples], seed=seed)
+                                         [s.cell_type for s in samples], seed=seed,
+                                         n_threads=min(os.cpu_count() or 1, 16))
 
 
 def classifier_probs(classifier: CellTypeClassifier, samples: list[Sample]
