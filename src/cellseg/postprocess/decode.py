@@ -257,15 +257,11 @@ def merge_unbordered(labels: np.ndarray, border: np.ndarray, threshold: float) -
     graph = coo_matrix((np.ones(merge.size), (merge // (n + 1), merge % (n + 1))),
                        shape=(n + 1, n + 1))
     _, component = connected_components(graph, directed=False)
-    # Renumber the merged groups 1..m in order of their smallest label; 0 stays background.
-    lut = np.zeros(n + 1, np.int32)
-    _, first = np.unique(component[1:], return_index=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(1, order.size + 1)
-    _, comp_index = np.unique(component[1:], return_inverse=True)
-    lut[1:] = rank[comp_index]
-    return lut[labels]
+    # Each label becomes the smallest label of its merged group (0 is alone in its group),
+    # then drop_small renumbers 1..m.
+    smallest = np.full(int(component.max()) + 1, n + 1)
+    np.minimum.at(smallest, component, np.arange(n + 1))
+    return drop_small(smallest[component][labels].astype(np.int32), 1)
 
 
 # --------------------------------------------------------------------------------------------
