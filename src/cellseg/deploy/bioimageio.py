@@ -215,6 +215,8 @@ Steps to turn the two outputs into a label image (`body = probs[..., 0]`,
 5. `labels = skimage.segmentation.watershed(-score, seeds, mask=mask,
    connectivity=connectivity, compactness=compactness)`.
 6. If `keep_unseeded`, each connected part of `mask` left unlabelled becomes one more cell.
+   If `merge_border` > 0, neighbouring cells whose shared boundary has a mean `border` below
+   it are merged (`cellseg.postprocess.decode.merge_unbordered`; off unless set).
 7. If `fill_holes`, fill background holes enclosed by one cell; finally remove cells smaller
    than `min_area` px.
 
