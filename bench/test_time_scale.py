@@ -49,7 +49,7 @@ from common import (
     start_info,
 )
 from real_cv import REAL_SUBSET
-from tta_heads import BASE_TTA, tune_variant
+from tta_heads import BASE_TTA, limit_sets, map_check, run_jobs
 
 TYPES = ("shsy5y", "cort", "astro")
 DEFAULT_SCALES = "1.25/1.25/1,1.5/1.5/1,1.25/1.25/0.75"
@@ -186,23 +186,6 @@ class ScaledPredictor:
         return out, float(np.mean(secs))
 
 
-def run_jobs(jobs: list[tuple[str, dict, int]], cfg, n_trials: int, n_proc: int) -> list[dict]:
-    """``tune_variant`` for each (row name, eval sets, seed), ``n_proc`` processes."""
-    if n_proc > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(min(n_proc, len(jobs)),
-                                 mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(tune_variant, r, s, cfg, n_trials, sd) for r, s, sd in jobs]
-            return [f.result() for f in futures]
-    out = []
-    for r, s, sd in jobs:
-        print(f"tuning: {r}", flush=True)
-        out.append(tune_variant(r, s, cfg, n_trials, sd))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     folds = [int(k) for k in args.folds.split(",")]
@@ -219,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cellseg.data.data_root import TrainData
     from cellseg.experiment import resolve_config
-    from cellseg.tune.eval_sets import EvalSet, load_eval_sets
+    from cellseg.tune.eval_sets import load_eval_sets
 
     started = start_info()
     t_all = time.time()
@@ -233,9 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     data = TrainData(cfg.data.root)
     sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
     if args.limit:
-        sets = {t: EvalSet("deep", t, es.ids[:args.limit], es.folds[:args.limit],
-                           es.inputs[:args.limit], es.truths[:args.limit])
-                for t, es in sets.items()}
+        sets = limit_sets(sets, args.limit)
     n_images = sum(len(es) for es in sets.values())
     scaled = [scale_key(parse_scales(k)) for k in args.scales.split(",") if k.strip()]
     if args.only:
@@ -254,16 +235,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in [BASELINE, *scaled]:
         variant_sets[key], seconds[key] = predictor.variant([parse_scales(key)])
         print(f"  {key}: {seconds[key]:.2f} model s / image", flush=True)
-    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16))
-             for t, es in sets.items()
-             for a, b in zip(variant_sets[BASELINE][t].inputs, es.inputs, strict=True)]
     for key in [scale_key(parse_scales(k)) for k in args.control.split(",") if k.strip()]:
         ck = f"control: s=1 maps via {key}"
         variant_sets[ck], seconds[ck] = predictor.control(parse_scales(key)), seconds[BASELINE]
-    check = {"images": len(diffs),
-             "max_abs_diff_uint8": int(max(int(d.max()) for d in diffs)),
-             "share_values_differing": float(sum(int((d > 0).sum()) for d in diffs)
-                                             / sum(d.size for d in diffs))}
+    check = map_check({t: es.inputs for t, es in variant_sets[BASELINE].items()}, sets)
     print(f"check s=1 vs the saved OOF maps: {check}", flush=True)
     predict_s = time.time() - t0
 

@@ -138,7 +138,8 @@ def tune_variant(name: str, sets: dict, cfg, n_trials: int, seed: int) -> dict[s
                                / sum(held[t]["images"] for t in held))
         else:
             held_score = held[cell_type]["score"]
-        rows.append({"variant": name, "seed": seed, "cell_type": cell_type, "images": int(r["images"]),
+        rows.append({"variant": name, "seed": seed, "cell_type": cell_type,
+                     "images": int(r["images"]),
                      "held_out": held_score,
                      "in_sample": float(s_in.loc[cell_type, "score"]),
                      **{f"held_{k}": float(r[k]) for k in WHAT_IF_COLUMNS if k != "score"},
@@ -165,12 +166,50 @@ def _held_scores(held_t: dict[str, Any], es, cfg) -> list[float]:
             for i in range(len(es))]
 
 
+def limit_sets(sets: dict, limit: int) -> dict:
+    """The first ``limit`` images of each type's eval set (``--limit``: a quick run)."""
+    from cellseg.tune.eval_sets import EvalSet
+
+    return {t: EvalSet("deep", t, es.ids[:limit], es.folds[:limit], es.inputs[:limit],
+                       es.truths[:limit]) for t, es in sets.items()}
+
+
+def map_check(maps_by_type: dict, sets: dict) -> dict[str, Any]:
+    """How far re-predicted uint8 maps (type -> list, in ``sets``' order) are from the saved
+    OOF maps: the sanity check that the bench predicts what train.py saved."""
+    import numpy as np
+
+    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16))
+             for t, es in sets.items() for a, b in zip(maps_by_type[t], es.inputs, strict=True)]
+    total = sum(d.size for d in diffs)
+    return {"images": len(diffs),
+            "max_abs_diff_uint8": int(max(int(d.max()) for d in diffs)),
+            "share_values_differing": float(sum(int((d > 0).sum()) for d in diffs) / total),
+            "share_values_off_by_more_than_1": float(sum(int((d > 1).sum()) for d in diffs)
+                                                     / total)}
+
+
+def run_jobs(jobs: list[tuple[str, dict, int]], cfg, n_trials: int, n_proc: int) -> list[dict]:
+    """:func:`tune_variant` for each (row name, eval sets, seed), on ``n_proc`` processes."""
+    if n_proc > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(n_proc, len(jobs)),
+                                 mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(tune_variant, r, s, cfg, n_trials, sd) for r, s, sd in jobs]
+            return [f.result() for f in futures]
+    out = []
+    for r, s, sd in jobs:
+        print(f"tuning: {r}", flush=True)
+        out.append(tune_variant(r, s, cfg, n_trials, sd))
+    return out
+
+
 def predict_variants(sets: dict, exp_dir: Path, folds: list[int], data, specs
                      ) -> tuple[dict[str, dict], dict[str, float], dict[str, Any]]:
     """Maps of every variant (uint8, as the OOF files), model seconds per image, the check of
     the OOF setting against the saved files."""
-    import numpy as np
-
     from cellseg.model.network import model_info
     from cellseg.model.predict import load_models, normalize_image, predict_images
     from cellseg.train import oof
@@ -201,14 +240,7 @@ def predict_variants(sets: dict, exp_dir: Path, folds: list[int], data, specs
         seconds[name] = spent / max(n, 1)
         print(f"  predicted {name}: {seconds[name]:.2f} s per image", flush=True)
     ref = specs[0][0]
-    diffs = [np.abs(a.astype(np.int16) - b.astype(np.int16))
-             for t, es in sets.items() for a, b in zip(maps[ref][t], es.inputs, strict=True)]
-    check = {"images": len(diffs),
-             "max_abs_diff_uint8": int(max(int(d.max()) for d in diffs)),
-             "share_values_differing": float(sum(int((d > 0).sum()) for d in diffs)
-                                             / sum(d.size for d in diffs)),
-             "share_values_off_by_more_than_1": float(sum(int((d > 1).sum()) for d in diffs)
-                                                     / sum(d.size for d in diffs)),
+    check = {**map_check(maps[ref], sets),
              "depth": model_info(next(iter(models.values()))).depth}
     out_sets = {name: {t: EvalSet("deep", t, es.ids, es.folds, maps[name][t], es.truths)
                        for t, es in sets.items()} for name in maps}
@@ -248,11 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     data = TrainData(cfg.data.root)
     sets = load_eval_sets(cfg, "deep", folds=folds, data=data, log=None)
     if args.limit:
-        from cellseg.tune.eval_sets import EvalSet
-
-        sets = {t: EvalSet("deep", t, es.ids[:args.limit], es.folds[:args.limit],
-                           es.inputs[:args.limit], es.truths[:args.limit])
-                for t, es in sets.items()}
+        sets = limit_sets(sets, args.limit)
     from cellseg.model.network import model_info
     from cellseg.model.predict import load_models
 
@@ -287,19 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs = [(row_name(n, sd), n, sd) for sd in seeds for n in variant_sets]
     t0 = time.time()
-    if args.jobs > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(args.jobs, mp_context=mp.get_context("spawn")) as pool:
-            futures = [pool.submit(tune_variant, r, variant_sets[n], cfg, n_trials, sd)
-                       for r, n, sd in jobs]
-            done = [f.result() for f in futures]
-    else:
-        done = []
-        for r, n, sd in jobs:
-            print(f"tuning: {r}", flush=True)
-            done.append(tune_variant(r, variant_sets[n], cfg, n_trials, sd))
+    done = run_jobs([(r, variant_sets[n], sd) for r, n, sd in jobs], cfg, n_trials, args.jobs)
     tune_s = time.time() - t0
     if identical:
         import copy
